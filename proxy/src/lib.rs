@@ -1,0 +1,1 @@
+//! Loka Stratum proxy.

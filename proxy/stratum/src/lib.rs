@@ -1,0 +1,1 @@
+//! Pure Stratum V1 logic.

@@ -1,0 +1,1 @@
+//! Stratum V1 simulators (mock pool, hashing miners). Being written.
