@@ -1,0 +1,112 @@
+//! Validating a submitted share against its job: extranonce2 size, ntime window, version mask,
+//! then the header hash. Targets (miner, upstream, network) are compared by the caller, which
+//! knows them; duplicates are keyed by [`ShareKey`].
+
+use crate::error::StratumError;
+use crate::job::Job;
+use crate::message::Submit;
+use crate::target::Target;
+
+/// Per-connection parameters a share is judged with.
+#[derive(Debug, Clone, Copy)]
+pub struct ShareRules {
+    /// Negotiated BIP310 mask (0 when version rolling is off).
+    pub version_mask: u32,
+    /// How far ntime may run ahead of the job's ntime, in seconds.
+    pub ntime_window: u32,
+    /// The extranonce2 size the miner was given.
+    pub extranonce2_size: usize,
+}
+
+/// A share that hashed: the header it commits to and its hash.
+#[derive(Debug, Clone, Copy)]
+pub struct HashedShare {
+    pub header: [u8; 80],
+    pub hash: [u8; 32],
+    /// The version in the header (after applying rolled bits).
+    pub version: u32,
+}
+
+impl HashedShare {
+    pub fn meets(&self, target: &Target) -> bool {
+        target.is_met_by(&self.hash)
+    }
+}
+
+/// The rolled version, or why the submitted bits are not allowed.
+pub fn rolled_version(job_version: u32, bits: Option<u32>, mask: u32) -> Result<u32, StratumError> {
+    match bits {
+        None => Ok(job_version),
+        Some(bits) if bits & !mask != 0 => Err(StratumError::other(format!(
+            "Invalid version bits {bits:08x} outside mask {mask:08x}"
+        ))),
+        Some(bits) => Ok((job_version & !mask) | (bits & mask)),
+    }
+}
+
+/// Check the cheap rules, then build the header and hash it.
+pub fn hash_share(
+    job: &Job,
+    extranonce1: &[u8],
+    submit: &Submit,
+    rules: &ShareRules,
+) -> Result<HashedShare, StratumError> {
+    if submit.extranonce2.len() != rules.extranonce2_size {
+        return Err(StratumError::other(format!(
+            "Incorrect size of extranonce2: {} bytes, expected {}",
+            submit.extranonce2.len(),
+            rules.extranonce2_size
+        )));
+    }
+    if submit.ntime < job.ntime {
+        return Err(StratumError::other(
+            "ntime out of range: before the job's ntime",
+        ));
+    }
+    if u64::from(submit.ntime) > u64::from(job.ntime) + u64::from(rules.ntime_window) {
+        return Err(StratumError::other(
+            "ntime out of range: too far in the future",
+        ));
+    }
+    let version = rolled_version(job.version, submit.version_bits, rules.version_mask)?;
+    let root = job.merkle_root(&[extranonce1, &submit.extranonce2]);
+    let header = job.header(&root, version, submit.ntime, submit.nonce);
+    Ok(HashedShare {
+        header,
+        hash: crate::sha256d(&header),
+        version,
+    })
+}
+
+/// Identity of a share within one job: two submits with equal keys are duplicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShareKey {
+    extranonce1: u128,
+    extranonce2: u128,
+    extranonce2_len: u8,
+    ntime: u32,
+    nonce: u32,
+    version: u32,
+}
+
+impl ShareKey {
+    /// `None` when an extranonce is longer than the key can hold exactly (8 and 16 bytes);
+    /// such sizes are refused when a session is set up, so this does not happen in practice.
+    pub fn new(extranonce1: &[u8], submit: &Submit, version: u32) -> Option<ShareKey> {
+        if extranonce1.len() > 8 || submit.extranonce2.len() > 16 {
+            return None;
+        }
+        let pack = |b: &[u8]| b.iter().fold(0u128, |acc, &x| (acc << 8) | u128::from(x));
+        Some(ShareKey {
+            extranonce1: pack(extranonce1) | ((extranonce1.len() as u128) << 64),
+            extranonce2: pack(&submit.extranonce2),
+            extranonce2_len: submit.extranonce2.len() as u8,
+            ntime: submit.ntime,
+            nonce: submit.nonce,
+            version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
