@@ -12,7 +12,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// The whole proxy configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -193,21 +193,6 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `loka_proxy=debug,info`.
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            api: ApiConfig::default(),
-            mining: MiningConfig::default(),
-            vardiff: VardiffConfig::default(),
-            upstream: UpstreamConfig::default(),
-            pools: Vec::new(),
-            storage: StorageConfig::default(),
-            logging: LoggingConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -472,11 +457,8 @@ impl Config {
             e.push("storage.queue_capacity: must be at least 1".into());
         }
         let url = &self.storage.database_url;
-        if !url.is_empty()
-            && !(url.starts_with("postgres://")
-                || url.starts_with("postgresql://")
-                || url.starts_with("sqlite:"))
-        {
+        let known = ["postgres://", "postgresql://", "sqlite:"];
+        if !url.is_empty() && !known.iter().any(|p| url.starts_with(p)) {
             e.push(
                 "storage.database_url: must start with postgres://, postgresql:// or sqlite:"
                     .into(),
