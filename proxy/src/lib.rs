@@ -1,1 +1,20 @@
-//! Loka Stratum proxy.
+//! Loka Stratum proxy: a validating, recording Stratum V1 mining proxy.
+//!
+//! - [`server`]: the Stratum listener, limits, drain.
+//! - [`session`]: one miner connection (state machine + socket loop).
+//! - [`upstream`]: pool client with failover; [`upstream::work`] the jobs it publishes.
+//! - [`lines`]: bounded line reading from sockets.
+//! - [`stats`]: atomic counters read by the API; [`events`]: share/connection events.
+//! - [`settings`]: configuration file + environment + flags → [`loka_config::Config`].
+//! - [`proxy`]: starting and stopping a whole proxy in-process (used by `main`, tests, demo).
+//! - [`demo`]: the self-contained demo (local pool simulator and hashing miners).
+
+pub mod demo;
+pub mod events;
+pub mod lines;
+pub mod proxy;
+pub mod server;
+pub mod session;
+pub mod settings;
+pub mod stats;
+pub mod upstream;

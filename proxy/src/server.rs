@@ -1,0 +1,194 @@
+//! The Stratum listener: accepts miners under connection limits and spawns one session task
+//! each; on drain it stops accepting and lets sessions tell miners to reconnect elsewhere.
+
+use crate::events::{ConnectionEvent, Event, EventSink};
+use crate::session::Session;
+use crate::stats::Stats;
+use crate::upstream::{UpstreamHandle, UpstreamSettings};
+use loka_config::{Config, Mode};
+use loka_stratum::Difficulty;
+use loka_stratum::extranonce::ExtranonceAllocator;
+use loka_stratum::vardiff::VardiffConfig;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// State every session shares. Read-mostly; nothing here is locked on the share path except
+/// a job's duplicate set and (at subscribe) the extranonce allocator.
+pub struct Shared {
+    config: RwLock<Arc<Config>>,
+    pub mode: Mode,
+    pub stats: Arc<Stats>,
+    pub events: EventSink,
+    events_enabled: bool,
+    /// Aggregate mode: the one upstream session all miners share.
+    pub upstream: Option<UpstreamHandle>,
+    /// Template for passthrough sessions' own upstreams.
+    pub upstream_settings: UpstreamSettings,
+    pub allocator: Mutex<ExtranonceAllocator>,
+    pub version_mask: u32,
+    /// Cancelled to drain: sessions send `client.reconnect` and close.
+    pub drain: CancellationToken,
+    /// Cancelled to stop everything (upstream tasks too).
+    pub shutdown: CancellationToken,
+    /// Admin "disconnect connection N".
+    pub kicks: broadcast::Sender<u64>,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        events: EventSink,
+        events_enabled: bool,
+        upstream_settings: UpstreamSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Shared>, String> {
+        let allocator = ExtranonceAllocator::new(config.mining.extranonce_prefix_size)
+            .map_err(|e| e.to_string())?;
+        let mode = config.mining.mode;
+        let upstream = (mode == Mode::Aggregate)
+            .then(|| crate::upstream::spawn(upstream_settings.clone(), shutdown.child_token()));
+        Ok(Arc::new(Shared {
+            version_mask: config.version_rolling_mask(),
+            config: RwLock::new(config),
+            mode,
+            stats,
+            events,
+            events_enabled,
+            upstream,
+            upstream_settings,
+            allocator: Mutex::new(allocator),
+            drain: shutdown.child_token(),
+            shutdown,
+            kicks: broadcast::channel(64).0,
+            per_ip: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    pub fn events_enabled(&self) -> bool {
+        self.events_enabled
+    }
+
+    /// Hand an event to the storage queue without waiting; a full queue is counted.
+    pub fn emit(&self, event: Event) {
+        if self.events_enabled && !self.events.emit(event) {
+            self.stats.events_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn vardiff_config(&self) -> VardiffConfig {
+        let c = &self.config.read().vardiff;
+        VardiffConfig {
+            target_shares_per_minute: c.target_shares_per_minute,
+            min: Difficulty::new(c.min_difficulty).unwrap_or(Difficulty::ONE),
+            max: Difficulty::new(c.max_difficulty).unwrap_or(Difficulty::ONE),
+            retarget_interval: c.retarget_interval,
+            tolerance: c.tolerance,
+        }
+    }
+
+    fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+        let limit = self.config.read().server.max_connections_per_ip;
+        let mut map = self.per_ip.lock();
+        let n = map.entry(ip).or_insert(0);
+        if limit != 0 && *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard {
+            shared: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Releases a per-IP slot when the connection ends.
+struct IpGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_ip.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accept miners until drained; returns when the listener is closed.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    let permits = Arc::new(Semaphore::new(
+        shared.config().server.max_connections as usize,
+    ));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.drain.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // EMFILE and friends: wait a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.stats.connections_refused.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, "refused: max_connections reached");
+            continue;
+        };
+        let Some(ip_guard) = shared.admit_ip(peer.ip()) else {
+            shared.stats.connections_refused.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, "refused: per-IP limit reached");
+            continue;
+        };
+        tracker.spawn(handle(stream, peer, shared.clone(), permit, ip_guard));
+    }
+    tracing::info!("stopped accepting miners");
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+    _ip: IpGuard,
+) {
+    let _ = stream.set_nodelay(true);
+    let id = shared.next_id.fetch_add(1, Relaxed);
+    shared.stats.connection_opened();
+    shared.emit(Event::Connection(ConnectionEvent::Connected {
+        connection_id: id,
+        remote: peer,
+    }));
+    Session::new(id, peer, shared.clone()).run(stream).await;
+    shared.stats.connection_closed();
+}

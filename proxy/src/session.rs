@@ -1,0 +1,860 @@
+//! One miner connection: a state machine over Stratum requests, fed by a thin socket loop.
+//!
+//! The loop reads lines, hands each to [`Session::handle_line`], which appends replies and
+//! notifications to an output buffer, and writes that buffer once per burst. Work arrives
+//! from the upstream task as `watch<Option<Arc<Work>>>`; notify lines are shared bytes,
+//! serialised once for all miners.
+
+use crate::events::{ConnectionEvent, Event, ShareEvent};
+use crate::lines::{LineReader, ReadError};
+use crate::server::Shared;
+use crate::stats::WorkerStats;
+use crate::upstream::work::{LocalJob, Work};
+use crate::upstream::{Submission, UpstreamHandle, Verdict};
+use loka_config::Mode;
+use loka_stratum::message::{
+    Configure, Envelope, Request, Submit, error_line, method_line, result_line, set_difficulty_line,
+};
+use loka_stratum::share::{ShareKey, ShareRules, hash_share};
+use loka_stratum::target::{hash_difficulty, hash_to_display_hex};
+use loka_stratum::vardiff::Vardiff;
+use loka_stratum::{Difficulty, StratumError};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+pub const SERVER_VERSION: &str = concat!("Loka Stratum/", env!("CARGO_PKG_VERSION"));
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a session ended (logged, and recorded as the worker's disconnect reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    PeerClosed,
+    Io(String),
+    Protocol(String),
+    HandshakeTimeout,
+    IdleTimeout,
+    Reconnect,
+    Drain,
+    AdminDisconnect,
+    NoUpstream,
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::PeerClosed => f.write_str("peer closed"),
+            Close::Io(e) => write!(f, "io error: {e}"),
+            Close::Protocol(e) => write!(f, "protocol error: {e}"),
+            Close::HandshakeTimeout => f.write_str("handshake timeout"),
+            Close::IdleTimeout => f.write_str("idle timeout"),
+            Close::Reconnect => f.write_str("sent client.reconnect"),
+            Close::Drain => f.write_str("proxy draining"),
+            Close::AdminDisconnect => f.write_str("disconnected by admin"),
+            Close::NoUpstream => f.write_str("no upstream pool"),
+        }
+    }
+}
+
+struct Authorized {
+    name: Arc<str>,
+    stats: Arc<WorkerStats>,
+}
+
+/// A submit forwarded in passthrough mode, waiting for the pool's verdict.
+struct AwaitingVerdict {
+    request_id: String,
+    event: Option<ShareEvent>,
+    worker: Arc<WorkerStats>,
+    difficulty: f64,
+}
+
+pub struct Session {
+    id: u64,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    upstream: Option<UpstreamHandle>,
+    verdicts: Option<(mpsc::Sender<Verdict>, mpsc::Receiver<Verdict>)>,
+    awaiting: VecDeque<AwaitingVerdict>,
+    user_agent: Option<String>,
+    subscribed: bool,
+    extranonce_subscribed: bool,
+    /// Aggregate: this miner's slice of the upstream extranonce2 space.
+    prefix: Vec<u8>,
+    extranonce1: Vec<u8>,
+    extranonce2_size: usize,
+    generation: u64,
+    /// Negotiated BIP310 mask; `requested_mask` is what the miner asked for.
+    version_mask: u32,
+    requested_mask: Option<u32>,
+    workers: Vec<Authorized>,
+    vardiff: Option<Vardiff>,
+    difficulty: Difficulty,
+    /// Jobs sent up to this seq were sent under `previous_difficulty` too.
+    previous_difficulty: Option<(Difficulty, u64)>,
+    difficulty_sent: Option<Difficulty>,
+    last_job_seq: u64,
+    out: Vec<u8>,
+    close: Option<Close>,
+}
+
+impl Session {
+    pub fn new(id: u64, peer: SocketAddr, shared: Arc<Shared>) -> Self {
+        let cfg = shared.config();
+        let start = Difficulty::new(cfg.vardiff.initial_difficulty).unwrap_or(Difficulty::ONE);
+        let vardiff = (cfg.vardiff.enabled && cfg.mining.mode == Mode::Aggregate)
+            .then(|| Vardiff::new(shared.vardiff_config(), start, Instant::now()));
+        let difficulty = vardiff.as_ref().map_or(start, Vardiff::current);
+        let upstream = shared.upstream.clone();
+        Self {
+            id,
+            peer,
+            shared,
+            upstream,
+            verdicts: None,
+            awaiting: VecDeque::new(),
+            user_agent: None,
+            subscribed: false,
+            extranonce_subscribed: false,
+            prefix: Vec::new(),
+            extranonce1: Vec::new(),
+            extranonce2_size: 0,
+            generation: 0,
+            version_mask: 0,
+            requested_mask: None,
+            workers: Vec::new(),
+            vardiff,
+            difficulty,
+            previous_difficulty: None,
+            difficulty_sent: None,
+            last_job_seq: 0,
+            out: Vec::with_capacity(256),
+            close: None,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.subscribed && !self.workers.is_empty()
+    }
+
+    /// Serve the connection until it closes.
+    pub async fn run(mut self, stream: TcpStream) {
+        let cfg = self.shared.config();
+        let (r, mut w) = stream.into_split();
+        let mut reader = LineReader::new(r, cfg.server.max_line_bytes);
+        let handshake_deadline = Instant::now() + cfg.server.handshake_timeout;
+        let idle = cfg.server.idle_timeout;
+        let mut last_rx = Instant::now();
+        let mut work_rx = self.upstream.as_ref().map(|u| u.work.clone());
+        let drain = self.shared.drain.clone();
+        let kick = self.shared.kicks.subscribe();
+        tokio::pin!(kick);
+        let mut vardiff_tick = cfg.vardiff.retarget_interval;
+        drop(cfg);
+        while self.close.is_none() {
+            let deadline = if self.ready() {
+                last_rx + idle
+            } else {
+                handshake_deadline
+            };
+            let tick_at = Instant::now() + vardiff_tick;
+            tokio::select! {
+                biased;
+                _ = drain.cancelled() => {
+                    if self.subscribed {
+                        self.out.extend(method_line("null", "client.reconnect", &json!([])));
+                    }
+                    self.close = Some(Close::Drain);
+                }
+                id = kick.recv() => {
+                    if let Ok(id) = id && id == self.id {
+                        self.close = Some(Close::AdminDisconnect);
+                    }
+                }
+                line = reader.next_line() => {
+                    last_rx = Instant::now();
+                    match line {
+                        Ok(Some(line)) => {
+                            self.handle_line(&line, &mut work_rx).await;
+                            // Handle a pipelined burst before writing the replies once.
+                            while self.close.is_none() {
+                                match reader.next_buffered() {
+                                    Ok(Some(line)) => self.handle_line(&line, &mut work_rx).await,
+                                    Ok(None) => break,
+                                    Err(e) => { self.read_error(e); break }
+                                }
+                            }
+                        }
+                        Ok(None) => self.close = Some(Close::PeerClosed),
+                        Err(e) => self.read_error(e),
+                    }
+                }
+                changed = async { work_rx.as_mut().expect("guarded").changed().await }, if work_rx.is_some() && self.ready() => {
+                    if changed.is_err() {
+                        self.close = Some(Close::NoUpstream);
+                    } else if let Some(rx) = work_rx.as_mut() {
+                        let work = rx.borrow_and_update().clone();
+                        self.on_work(work.as_deref());
+                    }
+                }
+                v = async { self.verdicts.as_mut().expect("guarded").1.recv().await }, if self.verdicts.is_some() => {
+                    if let Some(v) = v { self.on_verdict(v) }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    self.close = Some(if self.ready() { Close::IdleTimeout } else { Close::HandshakeTimeout });
+                }
+                _ = tokio::time::sleep_until(tick_at.into()), if self.vardiff.is_some() && self.ready() => {
+                    if let Some(d) = self.vardiff.as_mut().and_then(|v| v.on_tick(Instant::now())) {
+                        self.change_difficulty(d);
+                    }
+                    vardiff_tick = self.shared.config().vardiff.retarget_interval;
+                }
+            }
+            if !self.out.is_empty() {
+                match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&self.out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => self.close = Some(Close::Io(e.to_string())),
+                    Err(_) => self.close = Some(Close::Io("write timed out".into())),
+                }
+                self.out.clear();
+                if self.out.capacity() > 16 * 1024 {
+                    self.out = Vec::with_capacity(256);
+                }
+            }
+        }
+        let _ = w.shutdown().await;
+        self.finish();
+    }
+
+    fn read_error(&mut self, e: ReadError) {
+        let reason = match e {
+            ReadError::Io(e) => {
+                self.close = Some(Close::Io(e.to_string()));
+                return;
+            }
+            ReadError::Line(e) => e.to_string(),
+        };
+        self.shared.stats.protocol_errors.fetch_add(1, Relaxed);
+        tracing::info!(conn = self.id, peer = %self.peer, %reason, "closing connection");
+        self.close = Some(Close::Protocol(reason));
+    }
+
+    fn finish(&mut self) {
+        let reason = self.close.take().unwrap_or(Close::PeerClosed);
+        tracing::debug!(conn = self.id, peer = %self.peer, %reason, "miner disconnected");
+        if !self.prefix.is_empty() {
+            self.shared.allocator.lock().release(&self.prefix);
+        }
+        for w in &self.workers {
+            w.stats.connections.fetch_sub(1, Relaxed);
+        }
+        self.shared
+            .emit(Event::Connection(ConnectionEvent::Disconnected {
+                connection_id: self.id,
+                worker: self.workers.first().map(|w| w.name.clone()),
+                reason: reason.to_string(),
+            }));
+    }
+
+    /// Handle one line from the miner.
+    pub async fn handle_line(
+        &mut self,
+        line: &[u8],
+        work_rx: &mut Option<tokio::sync::watch::Receiver<Option<Arc<Work>>>>,
+    ) {
+        let env = match Envelope::parse(line) {
+            Ok(env) => env,
+            Err(e) => {
+                self.shared.stats.protocol_errors.fetch_add(1, Relaxed);
+                tracing::info!(conn = self.id, peer = %self.peer, error = %e, "non-JSON input; closing connection");
+                self.close = Some(Close::Protocol(e.to_string()));
+                return;
+            }
+        };
+        let id = env.id.to_string();
+        let Some(method) = env.method.as_deref() else {
+            // A response to something we asked (e.g. client.get_version): nothing to do.
+            return;
+        };
+        let request = match Request::decode(method, env.params) {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.stats.protocol_errors.fetch_add(1, Relaxed);
+                let result = if method == "mining.submit" {
+                    "false"
+                } else {
+                    "null"
+                };
+                if method == "mining.submit" {
+                    self.shared.stats.shares_submitted.fetch_add(1, Relaxed);
+                    self.shared
+                        .stats
+                        .rejected(loka_stratum::error::ErrorCode::Other);
+                }
+                self.out
+                    .extend(error_line(&id, result, &StratumError::other(e.to_string())));
+                return;
+            }
+        };
+        match request {
+            Request::Submit(s) => self.on_submit(&id, s).await,
+            Request::Subscribe {
+                user_agent,
+                session_id,
+            } => {
+                self.on_subscribe(&id, user_agent, session_id, work_rx)
+                    .await
+            }
+            Request::Authorize { username, .. } => self.on_authorize(&id, username, work_rx),
+            Request::Configure(c) => self.on_configure(&id, c, work_rx),
+            Request::SuggestDifficulty(d) => {
+                self.out.extend(result_line(&id, "true"));
+                if let Some(v) = self.vardiff.as_mut() {
+                    let d = v.set(d, Instant::now());
+                    if self.subscribed {
+                        self.change_difficulty(d);
+                    } else {
+                        self.difficulty = d;
+                    }
+                }
+            }
+            Request::SuggestTarget => self.out.extend(result_line(&id, "true")),
+            Request::ExtranonceSubscribe => {
+                self.extranonce_subscribed = true;
+                self.out.extend(result_line(&id, "true"));
+            }
+            Request::GetVersion => self
+                .out
+                .extend(result_line(&id, &format!("\"{SERVER_VERSION}\""))),
+            Request::Ping => self.out.extend(result_line(&id, "\"pong\"")),
+            Request::GetTransactions => self.out.extend(error_line(
+                &id,
+                "null",
+                &StratumError::other("mining.get_transactions is not supported"),
+            )),
+            Request::Unknown(m) => self.out.extend(error_line(
+                &id,
+                "null",
+                &StratumError::other(format!("Method not found: {m}")),
+            )),
+        }
+    }
+
+    async fn on_subscribe(
+        &mut self,
+        id: &str,
+        user_agent: Option<String>,
+        session_id: Option<String>,
+        work_rx: &mut Option<tokio::sync::watch::Receiver<Option<Arc<Work>>>>,
+    ) {
+        if self.subscribed {
+            self.out.extend(error_line(
+                id,
+                "null",
+                &StratumError::other("Already subscribed"),
+            ));
+            return;
+        }
+        self.user_agent = user_agent.map(|u| u.chars().take(255).collect());
+        if self.upstream.is_none() {
+            // Passthrough: this miner's own upstream session.
+            let handle = crate::upstream::spawn(
+                self.shared.upstream_settings.clone(),
+                self.shared.shutdown.child_token(),
+            );
+            *work_rx = Some(handle.work.clone());
+            self.verdicts = Some(mpsc::channel(64));
+            self.upstream = Some(handle);
+        }
+        let wait = self.shared.config().upstream.connect_timeout;
+        let Some(rx) = work_rx.as_mut() else { return };
+        let work = match tokio::time::timeout(wait, rx.wait_for(|w| w.is_some())).await {
+            Ok(Ok(w)) => w.clone(),
+            _ => None,
+        };
+        let Some(work) = work else {
+            self.out.extend(error_line(
+                id,
+                "null",
+                &StratumError::other("No upstream pool available"),
+            ));
+            self.shared.stats.protocol_errors.fetch_add(1, Relaxed);
+            return;
+        };
+        rx.mark_unchanged();
+        if work.layout.fold {
+            let prefix = self.shared.allocator.lock().allocate(session_id.as_deref());
+            match prefix {
+                Ok(p) => self.prefix = p,
+                Err(e) => {
+                    tracing::warn!(conn = self.id, error = %e, "cannot place miner");
+                    self.out.extend(error_line(
+                        id,
+                        "null",
+                        &StratumError::other("Proxy is full"),
+                    ));
+                    self.close = Some(Close::Protocol(e.to_string()));
+                    return;
+                }
+            }
+        }
+        self.extranonce1 = work.layout.miner_extranonce1(&self.prefix);
+        self.extranonce2_size = work.layout.miner_extranonce2_size;
+        self.generation = work.generation;
+        self.negotiate_mask(work.version_mask);
+        let sid = if self.prefix.is_empty() {
+            format!("{:08x}", self.id)
+        } else {
+            hex::encode(&self.prefix)
+        };
+        let result = json!([
+            [["mining.set_difficulty", sid], ["mining.notify", sid]],
+            hex::encode(&self.extranonce1),
+            self.extranonce2_size
+        ]);
+        self.out.extend(result_line(id, &result.to_string()));
+        self.subscribed = true;
+        if self.ready() {
+            self.send_work(Some(&work), true);
+        }
+    }
+
+    fn on_authorize(
+        &mut self,
+        id: &str,
+        username: String,
+        work_rx: &mut Option<tokio::sync::watch::Receiver<Option<Arc<Work>>>>,
+    ) {
+        if self.workers.iter().any(|w| *w.name == *username) {
+            self.out.extend(result_line(id, "true"));
+            return;
+        }
+        if self.workers.len() >= 16 {
+            self.out.extend(error_line(
+                id,
+                "false",
+                &StratumError::other("Too many workers on one connection"),
+            ));
+            return;
+        }
+        let stats = self.shared.stats.worker(&username);
+        stats.connections.fetch_add(1, Relaxed);
+        stats.touch();
+        stats.set_difficulty(self.difficulty.to_f64());
+        let name: Arc<str> = Arc::from(username.as_str());
+        self.shared
+            .emit(Event::Connection(ConnectionEvent::Authorized {
+                connection_id: self.id,
+                worker: name.clone(),
+                user_agent: self.user_agent.clone(),
+                remote: self.peer,
+            }));
+        let first = self.workers.is_empty();
+        self.workers.push(Authorized { name, stats });
+        self.out.extend(result_line(id, "true"));
+        if first && self.subscribed {
+            let work = work_rx
+                .as_mut()
+                .and_then(|rx| rx.borrow_and_update().clone());
+            self.send_work(work.as_deref(), true);
+        }
+    }
+
+    fn negotiate_mask(&mut self, upstream_mask: u32) {
+        if let Some(requested) = self.requested_mask {
+            let offered = self.shared.version_mask & upstream_mask;
+            self.version_mask = requested & offered;
+        }
+    }
+
+    fn on_configure(
+        &mut self,
+        id: &str,
+        c: Configure,
+        work_rx: &mut Option<tokio::sync::watch::Receiver<Option<Arc<Work>>>>,
+    ) {
+        let mut result = serde_json::Map::new();
+        for ext in &c.extensions {
+            match ext.as_str() {
+                "version-rolling" => {
+                    self.requested_mask = Some(c.version_rolling_mask.unwrap_or(u32::MAX));
+                    // Before the upstream is known, offer what the pool is asked for.
+                    let upstream_mask = work_rx
+                        .as_ref()
+                        .and_then(|rx| rx.borrow().as_ref().map(|w| w.version_mask))
+                        .unwrap_or(self.shared.version_mask);
+                    self.negotiate_mask(upstream_mask);
+                    result.insert(
+                        "version-rolling".into(),
+                        Value::Bool(self.version_mask != 0),
+                    );
+                    result.insert(
+                        "version-rolling.mask".into(),
+                        Value::String(format!("{:08x}", self.version_mask)),
+                    );
+                }
+                "minimum-difficulty" => {
+                    let ok = match (self.vardiff.as_mut(), c.minimum_difficulty) {
+                        (Some(v), Some(min)) => {
+                            v.set_min(min);
+                            self.difficulty = v.current();
+                            true
+                        }
+                        _ => false,
+                    };
+                    result.insert("minimum-difficulty".into(), Value::Bool(ok));
+                }
+                "subscribe-extranonce" => {
+                    self.extranonce_subscribed = true;
+                    result.insert("subscribe-extranonce".into(), Value::Bool(true));
+                }
+                other => {
+                    result.insert(other.to_string(), Value::Bool(false));
+                }
+            }
+        }
+        self.out
+            .extend(result_line(id, &Value::Object(result).to_string()));
+    }
+
+    /// New work from upstream.
+    fn on_work(&mut self, work: Option<&Work>) {
+        let Some(work) = work else { return };
+        if work.generation != self.generation {
+            let en1 = work.layout.miner_extranonce1(&self.prefix);
+            let size = work.layout.miner_extranonce2_size;
+            if en1 != self.extranonce1 || size != self.extranonce2_size {
+                if self.extranonce_subscribed {
+                    self.out.extend(method_line(
+                        "null",
+                        "mining.set_extranonce",
+                        &json!([hex::encode(&en1), size]),
+                    ));
+                    self.extranonce1 = en1;
+                    self.extranonce2_size = size;
+                } else {
+                    // The miner cannot take a new extranonce on this connection.
+                    self.out
+                        .extend(method_line("null", "client.reconnect", &json!([])));
+                    self.close = Some(Close::Reconnect);
+                    return;
+                }
+            }
+            if self.requested_mask.is_some() {
+                let before = self.version_mask;
+                self.negotiate_mask(work.version_mask);
+                if self.version_mask != before {
+                    self.out.extend(method_line(
+                        "null",
+                        "mining.set_version_mask",
+                        &json!([format!("{:08x}", self.version_mask)]),
+                    ));
+                }
+            }
+            self.generation = work.generation;
+        }
+        self.send_work(Some(work), false);
+    }
+
+    /// Send the current job (and the difficulty first, if it changed).
+    fn send_work(&mut self, work: Option<&Work>, first: bool) {
+        let Some(work) = work else { return };
+        let Some(job) = work.current() else { return };
+        if job.seq <= self.last_job_seq && !first {
+            return;
+        }
+        if self.vardiff.is_none() && self.shared.mode == Mode::Passthrough {
+            self.difficulty = job.upstream_difficulty;
+        }
+        if self.difficulty_sent != Some(self.difficulty) {
+            self.out.extend(set_difficulty_line(&self.difficulty));
+            self.difficulty_sent = Some(self.difficulty);
+            for w in &self.workers {
+                w.stats.set_difficulty(self.difficulty.to_f64());
+            }
+        }
+        // If the last job this miner had is gone, it must drop everything it holds.
+        let still_valid =
+            self.last_job_seq != 0 && work.jobs.iter().any(|j| j.seq == self.last_job_seq);
+        let line = if first || !still_valid {
+            &job.notify_clean
+        } else {
+            &job.notify
+        };
+        self.out.extend_from_slice(line);
+        self.last_job_seq = job.seq;
+        self.shared.stats.jobs_distributed.fetch_add(1, Relaxed);
+    }
+
+    /// Vardiff moved: tell the miner now; it applies from the next job.
+    fn change_difficulty(&mut self, d: Difficulty) {
+        if d == self.difficulty {
+            return;
+        }
+        self.previous_difficulty = Some((self.difficulty, self.last_job_seq));
+        self.difficulty = d;
+        if self.ready() {
+            self.out.extend(set_difficulty_line(&d));
+            self.difficulty_sent = Some(d);
+        }
+        for w in &self.workers {
+            w.stats.set_difficulty(d.to_f64());
+        }
+    }
+
+    /// The difficulty a share for this job is judged at: jobs sent before a change count at
+    /// the easier of the two (miners apply a new difficulty from the next job).
+    fn difficulty_for(&self, job: &LocalJob) -> Difficulty {
+        if self.vardiff.is_none() && self.shared.mode == Mode::Passthrough {
+            return job.upstream_difficulty;
+        }
+        match self.previous_difficulty {
+            Some((prev, upto)) if job.seq <= upto => prev.min(self.difficulty),
+            _ => self.difficulty,
+        }
+    }
+
+    async fn on_submit(&mut self, id: &str, submit: Submit) {
+        let stats = self.shared.stats.clone();
+        stats.shares_submitted.fetch_add(1, Relaxed);
+        if !self.subscribed {
+            stats.rejected(loka_stratum::error::ErrorCode::NotSubscribed);
+            self.out
+                .extend(error_line(id, "false", &StratumError::not_subscribed()));
+            return;
+        }
+        let Some(worker) = self.workers.iter().find(|w| *w.name == *submit.worker) else {
+            stats.rejected(loka_stratum::error::ErrorCode::Unauthorized);
+            self.out
+                .extend(error_line(id, "false", &StratumError::unauthorized()));
+            return;
+        };
+        let worker_name = worker.name.clone();
+        let worker_stats = worker.stats.clone();
+        worker_stats.submitted.fetch_add(1, Relaxed);
+        worker_stats.touch();
+        let work = self.upstream.as_ref().and_then(|u| u.work.borrow().clone());
+        let job = work.as_ref().and_then(|w| w.find(&submit.job_id).cloned());
+        let pool: Arc<str> = work
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |w| w.pool.clone());
+        let Some(job) = job else {
+            let err = if work.is_some() {
+                StratumError::job_not_found()
+            } else {
+                StratumError::stale()
+            };
+            self.reject(id, &err, &worker_stats, &worker_name, &pool, &submit, None);
+            return;
+        };
+        let rules = ShareRules {
+            version_mask: self.version_mask,
+            ntime_window: self.shared.config().mining.ntime_window_secs,
+            extranonce2_size: self.extranonce2_size,
+        };
+        let share = match hash_share(&job.job, &self.extranonce1, &submit, &rules) {
+            Ok(s) => s,
+            Err(e) => {
+                self.reject(
+                    id,
+                    &e,
+                    &worker_stats,
+                    &worker_name,
+                    &pool,
+                    &submit,
+                    Some(&job),
+                );
+                return;
+            }
+        };
+        let difficulty = self.difficulty_for(&job);
+        if !share.meets(&difficulty.target()) {
+            self.reject(
+                id,
+                &StratumError::low_difficulty(),
+                &worker_stats,
+                &worker_name,
+                &pool,
+                &submit,
+                Some(&job),
+            );
+            return;
+        }
+        let Some(key) = ShareKey::new(&self.extranonce1, &submit, share.version) else {
+            self.reject(
+                id,
+                &StratumError::other("extranonce too long"),
+                &worker_stats,
+                &worker_name,
+                &pool,
+                &submit,
+                Some(&job),
+            );
+            return;
+        };
+        if !job.first_sighting(key) {
+            self.reject(
+                id,
+                &StratumError::duplicate(),
+                &worker_stats,
+                &worker_name,
+                &pool,
+                &submit,
+                Some(&job),
+            );
+            return;
+        }
+        let block = share.meets(&job.network_target);
+        let forward = block || share.meets(&job.upstream_target);
+        let mut event = self.shared.events_enabled().then(|| ShareEvent {
+            at: SystemTime::now(),
+            connection_id: self.id,
+            worker: worker_name.clone(),
+            pool: pool.clone(),
+            job_id: job.id.clone(),
+            extranonce1: hex::encode(&self.extranonce1),
+            extranonce2: hex::encode(&submit.extranonce2),
+            ntime: format!("{:08x}", submit.ntime),
+            nonce: format!("{:08x}", submit.nonce),
+            version: submit
+                .version_bits
+                .map(|_| format!("{:08x}", share.version)),
+            accepted: true,
+            reject_reason: None,
+            difficulty: difficulty.as_decimal(),
+            hash_difficulty: hash_difficulty(&share.hash),
+            block_candidate: block,
+            block_hash: block.then(|| hash_to_display_hex(&share.hash)),
+            forwarded: forward,
+        });
+        if block {
+            stats.block_candidates.fetch_add(1, Relaxed);
+            tracing::warn!(conn = self.id, worker = %worker_name, pool = %pool, hash = %hash_to_display_hex(&share.hash), "BLOCK CANDIDATE found");
+        }
+        let passthrough_wait = forward && self.verdicts.is_some();
+        if forward && let Some(upstream) = &self.upstream {
+            let layout_en2 = match &work {
+                Some(w) => w
+                    .layout
+                    .upstream_extranonce2(&self.prefix, &submit.extranonce2),
+                None => submit.extranonce2.clone(),
+            };
+            let upstream_mask = work.as_ref().map_or(0, |w| w.version_mask);
+            let sub = Submission {
+                job: job.clone(),
+                extranonce2: layout_en2,
+                ntime: submit.ntime,
+                nonce: submit.nonce,
+                version_bits: submit.version_bits.map(|_| share.version & upstream_mask),
+                worker: worker_name.clone(),
+                verdict: self
+                    .verdicts
+                    .as_ref()
+                    .map(|(tx, _)| (tx.clone(), id.to_string())),
+            };
+            // Backpressure from the pool connection reaches the miner here, never a drop.
+            if upstream.submit.send(sub).await.is_ok() {
+                stats.shares_forwarded.fetch_add(1, Relaxed);
+            }
+        }
+        if passthrough_wait {
+            self.awaiting.push_back(AwaitingVerdict {
+                request_id: id.to_string(),
+                event: event.take(),
+                worker: worker_stats,
+                difficulty: difficulty.to_f64(),
+            });
+            return;
+        }
+        stats.shares_accepted.fetch_add(1, Relaxed);
+        worker_stats.add_accepted(difficulty.to_f64());
+        self.out.extend(result_line(id, "true"));
+        if let Some(event) = event {
+            self.shared.emit(Event::Share(event));
+        }
+        if let Some(d) = self
+            .vardiff
+            .as_mut()
+            .and_then(|v| v.on_share(Instant::now()))
+        {
+            self.change_difficulty(d);
+        }
+    }
+
+    fn on_verdict(&mut self, v: Verdict) {
+        let Some(pos) = self
+            .awaiting
+            .iter()
+            .position(|a| a.request_id == v.request_id)
+        else {
+            return;
+        };
+        let Some(mut a) = self.awaiting.remove(pos) else {
+            return;
+        };
+        let stats = &self.shared.stats;
+        match v.result {
+            Ok(()) => {
+                stats.shares_accepted.fetch_add(1, Relaxed);
+                a.worker.add_accepted(a.difficulty);
+                self.out.extend(result_line(&v.request_id, "true"));
+            }
+            Err(e) => {
+                stats.rejected(e.code);
+                a.worker.rejected.fetch_add(1, Relaxed);
+                if let Some(ev) = a.event.as_mut() {
+                    ev.accepted = false;
+                    ev.reject_reason = Some("upstream_rejected");
+                }
+                self.out.extend(error_line(&v.request_id, "false", &e));
+            }
+        }
+        if let Some(ev) = a.event {
+            self.shared.emit(Event::Share(ev));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reject(
+        &mut self,
+        id: &str,
+        err: &StratumError,
+        worker: &WorkerStats,
+        worker_name: &Arc<str>,
+        pool: &Arc<str>,
+        submit: &Submit,
+        job: Option<&LocalJob>,
+    ) {
+        self.shared.stats.rejected(err.code);
+        worker.rejected.fetch_add(1, Relaxed);
+        self.out.extend(error_line(id, "false", err));
+        if self.shared.events_enabled() {
+            let difficulty = job.map_or(self.difficulty, |j| self.difficulty_for(j));
+            self.shared.emit(Event::Share(ShareEvent {
+                at: SystemTime::now(),
+                connection_id: self.id,
+                worker: worker_name.clone(),
+                pool: pool.clone(),
+                job_id: submit.job_id.clone(),
+                extranonce1: hex::encode(&self.extranonce1),
+                extranonce2: hex::encode(&submit.extranonce2),
+                ntime: format!("{:08x}", submit.ntime),
+                nonce: format!("{:08x}", submit.nonce),
+                version: submit.version_bits.map(|v| format!("{v:08x}")),
+                accepted: false,
+                reject_reason: Some(err.code.reason()),
+                difficulty: difficulty.as_decimal(),
+                hash_difficulty: 0.0,
+                block_candidate: false,
+                block_hash: None,
+                forwarded: false,
+            }));
+        }
+    }
+}

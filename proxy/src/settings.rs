@@ -1,0 +1,264 @@
+//! Configuration from a TOML file, then environment variables, then command-line flags (each
+//! flag has an environment variable; a flag on the command line wins). Building the final
+//! [`Config`] is pure over the parsed flags and the file text, and reports every error.
+
+use clap::{Args, Parser, Subcommand};
+use loka_config::{Config, ConfigErrors, LogFormat, Mode, PoolConfig, parse_pool_url};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loka-proxy",
+    version,
+    about = "Loka Stratum: a validating, recording Stratum V1 mining proxy"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Run a self-contained demo: a local pool simulator, hashing miners and the proxy.
+    Demo {
+        /// Number of simulated miners.
+        #[arg(long, default_value_t = 4)]
+        miners: usize,
+        /// Stop after this many seconds (0 = run until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+    },
+    /// Validate the configuration and print it (passwords hidden), then exit.
+    CheckConfig,
+}
+
+/// Settings that override the configuration file.
+#[derive(Debug, Default, Clone, Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(short, long, env = "LOKA_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Stratum listen address.
+    #[arg(long, env = "LOKA_BIND", global = true)]
+    pub bind: Option<String>,
+    /// Stratum listen port (default 3333).
+    #[arg(long, env = "LOKA_PORT", global = true)]
+    pub port: Option<u16>,
+    /// HTTP API port (default 9090).
+    #[arg(long, env = "LOKA_API_PORT", global = true)]
+    pub api_port: Option<u16>,
+    /// aggregate (many miners per upstream session) or passthrough (one each).
+    #[arg(long, env = "LOKA_MODE", global = true, value_parser = parse_mode)]
+    pub mode: Option<Mode>,
+    /// Most concurrent miner connections.
+    #[arg(long, env = "LOKA_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<u32>,
+    /// Most connections per client IP (0 = unlimited).
+    #[arg(long, env = "LOKA_MAX_CONNECTIONS_PER_IP", global = true)]
+    pub max_connections_per_ip: Option<u32>,
+    /// Upstream pool URL(s) in failover order, e.g. stratum+tcp://pool.example.com:3333
+    /// (replaces the file's pools; comma-separated in the environment variable).
+    #[arg(
+        long = "pool",
+        env = "LOKA_POOLS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub pools: Vec<String>,
+    /// Pool account for --pool.
+    #[arg(long, env = "LOKA_POOL_USER", global = true)]
+    pub pool_user: Option<String>,
+    /// Pool password for --pool.
+    #[arg(
+        long,
+        env = "LOKA_POOL_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub pool_password: Option<String>,
+    /// Share store: postgres://… (empty: embedded SQLite).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Log format: pretty or json.
+    #[arg(long, env = "LOKA_LOG_FORMAT", global = true, value_parser = parse_log_format)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or loka_proxy=debug.
+    #[arg(long, env = "LOKA_LOG", global = true)]
+    pub log_level: Option<String>,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "aggregate" => Ok(Mode::Aggregate),
+        "passthrough" => Ok(Mode::Passthrough),
+        other => Err(format!("{other:?} is not a mode (aggregate, passthrough)")),
+    }
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "pretty" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("{other:?} is not a log format (pretty, json)")),
+    }
+}
+
+/// File text (if any) + overrides → a validated configuration, or every problem at once.
+pub fn build(file_text: Option<&str>, o: &Overrides) -> Result<Config, ConfigErrors> {
+    let mut cfg = match file_text {
+        Some(text) => Config::from_toml(text)?,
+        None => Config::default(),
+    };
+    let mut errors = Vec::new();
+    if let Some(v) = &o.bind {
+        cfg.server.bind_address = v.clone();
+    }
+    if let Some(v) = o.port {
+        cfg.server.port = v;
+    }
+    if let Some(v) = o.api_port {
+        cfg.api.port = v;
+    }
+    if let Some(v) = o.mode {
+        cfg.mining.mode = v;
+    }
+    if let Some(v) = o.max_connections {
+        cfg.server.max_connections = v;
+    }
+    if let Some(v) = o.max_connections_per_ip {
+        cfg.server.max_connections_per_ip = v;
+    }
+    if !o.pools.is_empty() {
+        match &o.pool_user {
+            None => errors.push("--pool-user (LOKA_POOL_USER): required with --pool".to_string()),
+            Some(user) => {
+                cfg.pools.clear();
+                for (i, url) in o.pools.iter().enumerate() {
+                    match parse_pool_url(url) {
+                        Ok((host, port)) => cfg.pools.push(PoolConfig {
+                            name: if i == 0 {
+                                "primary".into()
+                            } else {
+                                format!("backup{i}")
+                            },
+                            host,
+                            port,
+                            username: user.clone(),
+                            password: o.pool_password.clone(),
+                            password_env: None,
+                        }),
+                        Err(e) => errors.push(format!("--pool: {e}")),
+                    }
+                }
+            }
+        }
+    }
+    if let Some(v) = &o.database_url {
+        cfg.storage.database_url = v.clone();
+    }
+    if let Some(v) = o.log_format {
+        cfg.logging.format = v;
+    }
+    if let Some(v) = &o.log_level {
+        cfg.logging.level = v.clone();
+    }
+    if let Err(e) = cfg.validate() {
+        errors.extend(e.0);
+    }
+    if errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// The configuration with secrets removed, for printing.
+pub fn sanitized(cfg: &Config) -> Config {
+    let mut c = cfg.clone();
+    for p in &mut c.pools {
+        if p.password.is_some() {
+            p.password = Some("********".into());
+        }
+    }
+    if let Some(at) = c.storage.database_url.find('@') {
+        let scheme_end = c.storage.database_url.find("://").map_or(0, |i| i + 3);
+        c.storage
+            .database_url
+            .replace_range(scheme_end..at, "********");
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_every_error_is_reported() {
+        let file = "[server]\nport = 4000\n[[pools]]\nname='a'\nhost='10.0.0.1'\nport=3333\nusername='acct'\n";
+        let o = Overrides {
+            port: Some(5000),
+            ..Default::default()
+        };
+        let cfg = build(Some(file), &o).unwrap();
+        assert_eq!(cfg.server.port, 5000);
+        assert_eq!(cfg.pools[0].host, "10.0.0.1");
+
+        let o = Overrides {
+            pools: vec!["stratum+tcp://p:1".into(), "q:2".into()],
+            pool_user: Some("u".into()),
+            ..Default::default()
+        };
+        let cfg = build(None, &o).unwrap();
+        assert_eq!(cfg.pools.len(), 2);
+        assert_eq!((cfg.pools[1].host.as_str(), cfg.pools[1].port), ("q", 2));
+
+        let o = Overrides {
+            pools: vec!["nonsense".into()],
+            bind: Some("x".into()),
+            ..Default::default()
+        };
+        let errs = build(None, &o).unwrap_err().0.join("\n");
+        assert!(errs.contains("--pool-user"), "{errs}");
+        assert!(errs.contains("server.bind_address"), "{errs}");
+    }
+
+    #[test]
+    fn sanitized_hides_secrets() {
+        let mut cfg = Config::default();
+        cfg.storage.database_url = "postgres://loka:secret@db:5432/loka".into();
+        cfg.pools.push(PoolConfig {
+            name: "a".into(),
+            host: "h".into(),
+            port: 1,
+            username: "u".into(),
+            password: Some("pw".into()),
+            password_env: None,
+        });
+        let s = sanitized(&cfg).to_toml();
+        assert!(!s.contains("secret") && !s.contains("\"pw\""), "{s}");
+        assert!(s.contains("postgres://********@db:5432/loka"));
+    }
+
+    #[test]
+    fn cli_parses() {
+        let cli = Cli::try_parse_from([
+            "loka-proxy",
+            "--port",
+            "1",
+            "--mode",
+            "passthrough",
+            "demo",
+            "--miners",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(cli.overrides.port, Some(1));
+        assert!(matches!(cli.command, Some(Command::Demo { miners: 2, .. })));
+        assert!(Cli::try_parse_from(["loka-proxy", "--mode", "relay"]).is_err());
+    }
+}

@@ -1,0 +1,532 @@
+//! Upstream pool client: an ordered failover list, reconnect with backoff and jitter, return
+//! to a higher-priority pool once it has stayed healthy, and new work to miners on every
+//! switch (published as `watch<Option<Arc<Work>>>`, so miners keep their TCP connections).
+//!
+//! One task per upstream session: it owns the pool socket, publishes [`Work`] on every job,
+//! and forwards the shares miners' sessions send it (batched into one write).
+
+pub mod conn;
+pub mod work;
+
+use crate::upstream::conn::{PoolConn, PoolEndpoint, PoolMessage};
+use crate::upstream::work::{ExtranonceLayout, LocalJob, Work};
+use loka_config::UpstreamConfig;
+use loka_stratum::StratumError;
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How an upstream session is run.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub pools: Vec<PoolEndpoint>,
+    pub timing: UpstreamConfig,
+    /// Aggregate mode folds the upstream extranonce1 into miners' coinb1.
+    pub fold: bool,
+    pub prefix_size: usize,
+    pub min_miner_extranonce2: usize,
+    pub max_miner_extranonce2: usize,
+    /// Mask requested from the pool (0: do not negotiate version rolling).
+    pub version_mask: u32,
+    pub max_jobs: usize,
+    /// Submit as `account.worker` (each worker authorized upstream on first use).
+    pub forward_worker_names: bool,
+}
+
+/// A share on its way to the pool.
+pub struct Submission {
+    pub job: Arc<LocalJob>,
+    pub extranonce2: Vec<u8>,
+    pub ntime: u32,
+    pub nonce: u32,
+    /// Version bits for the pool (the rolled version masked by the upstream mask).
+    pub version_bits: Option<u32>,
+    pub worker: Arc<str>,
+    /// Passthrough: where the pool's verdict goes, with the miner's request id.
+    pub verdict: Option<(mpsc::Sender<Verdict>, String)>,
+}
+
+/// The pool's answer to a forwarded share (passthrough relays it to the miner).
+#[derive(Debug)]
+pub struct Verdict {
+    pub request_id: String,
+    pub result: Result<(), StratumError>,
+}
+
+/// Live figures about the upstream side, read by health checks and the API.
+#[derive(Debug, Default)]
+pub struct UpstreamStatus {
+    pub connected: AtomicBool,
+    pub failovers: AtomicU64,
+    pub jobs_received: AtomicU64,
+    pub submits_sent: AtomicU64,
+    pub submits_accepted: AtomicU64,
+    pub submits_rejected: AtomicU64,
+    /// Shares whose job belonged to a previous upstream session (not sent).
+    pub submits_stale: AtomicU64,
+    /// Sent but never answered within the response timeout.
+    pub submits_lost: AtomicU64,
+    pub last_job_unix_ms: AtomicU64,
+    pub detail: Mutex<UpstreamDetail>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamDetail {
+    pub active_pool: Option<Arc<str>>,
+    pub active_host: Option<String>,
+    pub latency: Option<Duration>,
+    pub last_error: Option<String>,
+}
+
+/// The handle sessions use.
+#[derive(Clone)]
+pub struct UpstreamHandle {
+    pub work: watch::Receiver<Option<Arc<Work>>>,
+    pub submit: mpsc::Sender<Submission>,
+    pub status: Arc<UpstreamStatus>,
+}
+
+/// Start an upstream task; it ends on `shutdown` or when every handle is dropped.
+pub fn spawn(settings: UpstreamSettings, shutdown: CancellationToken) -> UpstreamHandle {
+    let (work_tx, work_rx) = watch::channel(None);
+    let (submit_tx, submit_rx) = mpsc::channel(4096);
+    let status = Arc::new(UpstreamStatus::default());
+    let task = Upstream::new(settings, work_tx, submit_rx, status.clone(), shutdown);
+    tokio::spawn(task.run());
+    UpstreamHandle {
+        work: work_rx,
+        submit: submit_tx,
+        status,
+    }
+}
+
+enum End {
+    Shutdown,
+    Failed {
+        index: usize,
+        reason: String,
+        lasted: Duration,
+    },
+    Handover(Box<PoolConn>),
+    Reconnect {
+        index: usize,
+    },
+}
+
+struct Pending {
+    sent: Instant,
+    verdict: Option<(mpsc::Sender<Verdict>, String)>,
+}
+
+struct Upstream {
+    s: UpstreamSettings,
+    work_tx: watch::Sender<Option<Arc<Work>>>,
+    submit_rx: mpsc::Receiver<Submission>,
+    status: Arc<UpstreamStatus>,
+    shutdown: CancellationToken,
+    failures: Vec<u32>,
+    next_try: Vec<Instant>,
+    generation: u64,
+}
+
+impl Upstream {
+    fn new(
+        s: UpstreamSettings,
+        work_tx: watch::Sender<Option<Arc<Work>>>,
+        submit_rx: mpsc::Receiver<Submission>,
+        status: Arc<UpstreamStatus>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let n = s.pools.len();
+        Self {
+            s,
+            work_tx,
+            submit_rx,
+            status,
+            shutdown,
+            failures: vec![0; n],
+            next_try: vec![Instant::now(); n],
+            generation: 0,
+        }
+    }
+
+    fn username(&self, pool: &PoolEndpoint) -> String {
+        pool.username.clone()
+    }
+
+    async fn run(mut self) {
+        let mut handover: Option<Box<PoolConn>> = None;
+        loop {
+            let conn = match handover.take() {
+                Some(c) => c,
+                None => match self.connect_best().await {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            let index = conn.index;
+            let end = self.drive(conn).await;
+            self.status.connected.store(false, Relaxed);
+            match end {
+                End::Shutdown => break,
+                End::Failed {
+                    index,
+                    reason,
+                    lasted,
+                } => {
+                    tracing::warn!(pool = %self.s.pools[index].name, %reason, "upstream pool failed; failing over");
+                    self.status.detail.lock().last_error = Some(reason);
+                    self.status.failovers.fetch_add(1, Relaxed);
+                    if lasted > self.s.timing.backoff_max {
+                        self.failures[index] = 0;
+                    }
+                    self.penalise(index);
+                    // Miners hold on to their connections; they get work again on reconnect.
+                    self.work_tx.send_replace(None);
+                }
+                End::Handover(c) => {
+                    tracing::info!(from = %self.s.pools[index].name, to = %self.s.pools[c.index].name, "returning to higher-priority pool");
+                    self.status.failovers.fetch_add(1, Relaxed);
+                    handover = Some(c);
+                }
+                End::Reconnect { index } => {
+                    tracing::info!(pool = %self.s.pools[index].name, "pool asked us to reconnect");
+                    self.next_try[index] = Instant::now();
+                    self.work_tx.send_replace(None);
+                }
+            }
+            if self.submit_rx.is_closed() && self.work_tx.is_closed() {
+                break;
+            }
+        }
+        self.work_tx.send_replace(None);
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let t = &self.s.timing;
+        let exp = t
+            .backoff_initial
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        let base = exp.min(t.backoff_max);
+        base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+
+    fn penalise(&mut self, index: usize) {
+        self.failures[index] = self.failures[index].saturating_add(1);
+        self.next_try[index] = Instant::now() + self.backoff(self.failures[index]);
+    }
+
+    /// Connect to the highest-priority pool that is not backing off; wait when all are.
+    async fn connect_best(&mut self) -> Option<Box<PoolConn>> {
+        loop {
+            for i in 0..self.s.pools.len() {
+                if self.shutdown.is_cancelled() {
+                    return None;
+                }
+                if Instant::now() < self.next_try[i] {
+                    continue;
+                }
+                let pool = self.s.pools[i].clone();
+                let user = self.username(&pool);
+                let attempt = PoolConn::establish(
+                    i,
+                    &pool,
+                    &user,
+                    self.s.version_mask,
+                    self.s.timing.connect_timeout,
+                );
+                let result = tokio::select! {
+                    r = attempt => r,
+                    _ = self.shutdown.cancelled() => return None,
+                };
+                match result {
+                    Ok(c) => return Some(Box::new(c)),
+                    Err(reason) => {
+                        tracing::warn!(pool = %pool.name, %reason, "upstream connect failed");
+                        self.status.detail.lock().last_error = Some(reason);
+                        self.penalise(i);
+                    }
+                }
+            }
+            let wake = self
+                .next_try
+                .iter()
+                .min()
+                .copied()
+                .unwrap_or_else(Instant::now);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = self.shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    fn layout(&self, conn: &PoolConn) -> Result<ExtranonceLayout, String> {
+        ExtranonceLayout::new(
+            self.s.fold,
+            conn.extranonce1.clone(),
+            conn.extranonce2_size,
+            self.s.prefix_size,
+            self.s.min_miner_extranonce2,
+            self.s.max_miner_extranonce2,
+        )
+    }
+
+    /// Serve one pool session until it fails, we hand over to a better pool, or shut down.
+    async fn drive(&mut self, mut conn: Box<PoolConn>) -> End {
+        let index = conn.index;
+        let pool = self.s.pools[index].clone();
+        let started = conn.established_at;
+        let failed = |reason: String| End::Failed {
+            index,
+            reason,
+            lasted: started.elapsed(),
+        };
+        let mut layout = match self.layout(&conn) {
+            Ok(l) => l,
+            Err(e) => return failed(e),
+        };
+        self.generation += 1;
+        let mut generation = self.generation;
+        let mut jobs: Vec<Arc<LocalJob>> = Vec::new();
+        let mut pending: HashMap<u64, Pending> = HashMap::new();
+        let mut consecutive_rejects = 0u32;
+        let mut last_job = Instant::now();
+        {
+            let mut d = self.status.detail.lock();
+            d.active_pool = Some(pool.name.clone());
+            d.active_host = Some(format!("{}:{}", pool.host, pool.port));
+            d.latency = Some(conn.latency);
+        }
+        self.status.connected.store(true, Relaxed);
+        tracing::info!(pool = %pool.name, host = %pool.host, port = pool.port, extranonce2_size = conn.extranonce2_size,
+            miner_extranonce2_size = layout.miner_extranonce2_size, version_mask = format_args!("{:08x}", conn.version_mask), "upstream connected");
+        if let Some(job) = conn.latest_job.take() {
+            self.publish_job(&conn, &layout, generation, &mut jobs, &job, true);
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut probe = (index > 0).then(|| Box::pin(self.probe_better(index)));
+        let user = self.username(&pool);
+        let mut authorized_upstream: std::collections::HashSet<String> =
+            std::collections::HashSet::new();
+        let mut batch = Vec::with_capacity(4096);
+        loop {
+            let job_deadline = last_job + self.s.timing.job_timeout;
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return End::Shutdown,
+                msg = conn.next_message() => {
+                    let msg = match msg { Ok(m) => m, Err(e) => return failed(e) };
+                    match msg {
+                        PoolMessage::Job(job) => {
+                            last_job = Instant::now();
+                            conn.latest_job = None;
+                            self.publish_job(&conn, &layout, generation, &mut jobs, &job, job.clean_jobs);
+                        }
+                        PoolMessage::Extranonce { .. } => {
+                            layout = match self.layout(&conn) { Ok(l) => l, Err(e) => return failed(e) };
+                            // New extranonce: jobs from now on belong to a new generation.
+                            self.generation += 1;
+                            generation = self.generation;
+                            jobs.clear();
+                            self.work_tx.send_replace(None);
+                        }
+                        PoolMessage::Reconnect => return End::Reconnect { index },
+                        PoolMessage::Response { id, result } => {
+                            let Some(p) = pending.remove(&id) else { continue };
+                            let ok = matches!(result, Ok(Value::Bool(true)));
+                            if ok {
+                                consecutive_rejects = 0;
+                                self.status.submits_accepted.fetch_add(1, Relaxed);
+                            } else {
+                                consecutive_rejects += 1;
+                                self.status.submits_rejected.fetch_add(1, Relaxed);
+                            }
+                            let latency = p.sent.elapsed();
+                            self.status.detail.lock().latency = Some(latency);
+                            if let Some((tx, request_id)) = p.verdict {
+                                let result = match result {
+                                    Ok(Value::Bool(true)) => Ok(()),
+                                    Ok(other) => Err(StratumError::other(format!("pool answered {other}"))),
+                                    Err(e) => Err(e),
+                                };
+                                let _ = tx.try_send(Verdict { request_id, result });
+                            }
+                            if consecutive_rejects >= self.s.timing.max_consecutive_rejects {
+                                return failed(format!("pool rejected {consecutive_rejects} shares in a row"));
+                            }
+                        }
+                        PoolMessage::Difficulty(_) | PoolMessage::VersionMask(_) | PoolMessage::Ask { .. } | PoolMessage::Nothing => {}
+                    }
+                }
+                sub = self.submit_rx.recv() => {
+                    let Some(sub) = sub else { return End::Shutdown };
+                    batch.clear();
+                    let mut next = Some(sub);
+                    let mut count = 0;
+                    while let Some(sub) = next.take() {
+                        if sub.job.generation != generation {
+                            self.status.submits_stale.fetch_add(1, Relaxed);
+                            if let Some((tx, request_id)) = sub.verdict {
+                                let _ = tx.try_send(Verdict { request_id, result: Err(StratumError::stale()) });
+                            }
+                        } else {
+                            let name = if self.s.forward_worker_names {
+                                let worker = sub.worker.split_once('.').map_or(&*sub.worker, |(_, w)| w);
+                                let name = format!("{user}.{worker}");
+                                if authorized_upstream.insert(name.clone()) {
+                                    // Authorize the worker name upstream once; the answer is not awaited.
+                                    let id = conn.next_id;
+                                    conn.next_id += 1;
+                                    batch.extend(loka_stratum::message::method_line(
+                                        &id.to_string(), "mining.authorize", &serde_json::json!([name, pool.password])));
+                                }
+                                name
+                            } else {
+                                user.clone()
+                            };
+                            let id = conn.next_id;
+                            conn.next_id += 1;
+                            write_submit(&mut batch, id, &name, &sub);
+                            pending.insert(id, Pending { sent: Instant::now(), verdict: sub.verdict });
+                            count += 1;
+                        }
+                        if count < 256 {
+                            next = self.submit_rx.try_recv().ok();
+                        }
+                    }
+                    if !batch.is_empty() {
+                        if let Err(e) = conn.send(&batch).await { return failed(e) }
+                        self.status.submits_sent.fetch_add(count, Relaxed);
+                    }
+                }
+                _ = tokio::time::sleep_until(job_deadline.into()) => {
+                    return failed(format!("no new job for {:?}", self.s.timing.job_timeout));
+                }
+                _ = tick.tick() => {
+                    let timeout = self.s.timing.response_timeout;
+                    let before = pending.len();
+                    pending.retain(|_, p| {
+                        let keep = p.sent.elapsed() < timeout;
+                        if !keep && let Some((tx, request_id)) = p.verdict.take() {
+                            let _ = tx.try_send(Verdict { request_id: request_id.clone(), result: Err(StratumError::other("pool did not answer")) });
+                        }
+                        keep
+                    });
+                    let lost = before - pending.len();
+                    if lost > 0 {
+                        self.status.submits_lost.fetch_add(lost as u64, Relaxed);
+                    }
+                }
+                better = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                    return End::Handover(better);
+                }
+            }
+        }
+    }
+
+    fn publish_job(
+        &self,
+        conn: &PoolConn,
+        layout: &ExtranonceLayout,
+        generation: u64,
+        jobs: &mut Vec<Arc<LocalJob>>,
+        job: &loka_stratum::Job,
+        clean: bool,
+    ) {
+        // The first job of a session is always clean: miners must drop the previous pool's work.
+        let clean = clean || jobs.is_empty();
+        let local = Arc::new(LocalJob::new(
+            job,
+            layout,
+            generation,
+            conn.difficulty,
+            clean,
+        ));
+        if clean {
+            jobs.clear();
+        }
+        jobs.push(local);
+        if jobs.len() > self.s.max_jobs {
+            let excess = jobs.len() - self.s.max_jobs;
+            jobs.drain(..excess);
+        }
+        self.status.jobs_received.fetch_add(1, Relaxed);
+        self.status
+            .last_job_unix_ms
+            .store(crate::stats::unix_ms(), Relaxed);
+        self.work_tx.send_replace(Some(Arc::new(Work {
+            generation,
+            pool: self.s.pools[conn.index].name.clone(),
+            layout: layout.clone(),
+            version_mask: conn.version_mask,
+            upstream_difficulty: conn.difficulty,
+            jobs: jobs.clone(),
+        })));
+    }
+
+    /// While on a backup pool: find a higher-priority pool that accepts us and stays healthy
+    /// (keeps the connection and sends jobs) for `failback_after`, and hand it over.
+    fn probe_better(
+        &self,
+        active: usize,
+    ) -> impl std::future::Future<Output = Box<PoolConn>> + 'static {
+        let pools = self.s.pools[..active].to_vec();
+        let timing = self.s.timing.clone();
+        let mask = self.s.version_mask;
+        let users: Vec<String> = pools.iter().map(|p| self.username(p)).collect();
+        async move {
+            let mut failures = 0u32;
+            loop {
+                for (i, pool) in pools.iter().enumerate() {
+                    let Ok(mut conn) =
+                        PoolConn::establish(i, pool, &users[i], mask, timing.connect_timeout).await
+                    else {
+                        continue;
+                    };
+                    let hold = tokio::time::sleep(timing.failback_after);
+                    tokio::pin!(hold);
+                    let healthy = loop {
+                        tokio::select! {
+                            _ = &mut hold => break true,
+                            m = conn.next_message() => if m.is_err() { break false },
+                        }
+                    };
+                    if healthy && conn.latest_job.is_some() {
+                        return Box::new(conn);
+                    }
+                }
+                failures = failures.saturating_add(1);
+                let wait = timing
+                    .backoff_initial
+                    .saturating_mul(1 << failures.min(16))
+                    .min(timing.backoff_max.max(timing.failback_after));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn write_submit(buf: &mut Vec<u8>, id: u64, user: &str, s: &Submission) {
+    use std::fmt::Write as _;
+    let mut line = String::with_capacity(160);
+    let user_json = serde_json::to_string(user).unwrap_or_else(|_| "\"\"".into());
+    let job_json = serde_json::to_string(&s.job.upstream_id).unwrap_or_else(|_| "\"\"".into());
+    let _ = write!(
+        line,
+        "{{\"id\":{id},\"method\":\"mining.submit\",\"params\":[{user_json},{job_json},\"{}\",\"{:08x}\",\"{:08x}\"",
+        hex::encode(&s.extranonce2),
+        s.ntime,
+        s.nonce
+    );
+    if let Some(v) = s.version_bits {
+        let _ = write!(line, ",\"{v:08x}\"");
+    }
+    line.push_str("]}\n");
+    buf.extend_from_slice(line.as_bytes());
+}
