@@ -372,7 +372,9 @@ impl Session {
             self.verdicts = Some(mpsc::channel(64));
             self.upstream = Some(handle);
         }
-        let wait = self.shared.config().upstream.connect_timeout;
+        // A miner may arrive while the proxy is still finding a pool: hold its subscribe
+        // (within the handshake time) rather than refuse it.
+        let wait = self.shared.config().server.handshake_timeout;
         let Some(rx) = work_rx.as_mut() else { return };
         let work = match tokio::time::timeout(wait, rx.wait_for(|w| w.is_some())).await {
             Ok(Ok(w)) => w.clone(),
@@ -500,10 +502,16 @@ impl Session {
                     );
                 }
                 "minimum-difficulty" => {
-                    let ok = match (self.vardiff.as_mut(), c.minimum_difficulty) {
-                        (Some(v), Some(min)) => {
-                            v.set_min(min);
-                            self.difficulty = v.current();
+                    // Passthrough miners get the pool's difficulty; the proxy cannot promise.
+                    let ok = match (c.minimum_difficulty, self.shared.mode) {
+                        (Some(min), Mode::Aggregate) => {
+                            match self.vardiff.as_mut() {
+                                Some(v) => {
+                                    v.set_min(min);
+                                    self.difficulty = v.current();
+                                }
+                                None => self.difficulty = self.difficulty.max(min),
+                            }
                             true
                         }
                         _ => false,
@@ -592,12 +600,17 @@ impl Session {
         self.shared.stats.jobs_distributed.fetch_add(1, Relaxed);
     }
 
-    /// Vardiff moved: tell the miner now; it applies from the next job.
+    /// Vardiff moved: tell the miner now; it applies from the next job. Jobs already sent
+    /// stay judged at the easiest difficulty in force since they were sent.
     fn change_difficulty(&mut self, d: Difficulty) {
         if d == self.difficulty {
             return;
         }
-        self.previous_difficulty = Some((self.difficulty, self.last_job_seq));
+        let floor = match self.previous_difficulty {
+            Some((p, upto)) if upto == self.last_job_seq => p.min(self.difficulty),
+            _ => self.difficulty,
+        };
+        self.previous_difficulty = Some((floor, self.last_job_seq));
         self.difficulty = d;
         if self.ready() {
             self.out.extend(set_difficulty_line(&d));

@@ -1,0 +1,105 @@
+//! Shared fixtures: a mock pool, a proxy configured for CPU-speed difficulties, and a share
+//! finder for tests that speak raw Stratum.
+#![allow(dead_code)]
+
+use loka_config::{Config, Mode, PoolConfig};
+use loka_proxy::proxy::{ProxyHandle, resolve_pools, start};
+use loka_sim::client::Notification;
+use loka_sim::pool::{MockPool, MockPoolConfig};
+use loka_stratum::message::Submit;
+use loka_stratum::share::{ShareRules, hash_share};
+use loka_stratum::{Difficulty, Job};
+use rust_decimal::Decimal;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A pool at difficulty 1e-6 (≈4,300 hashes a share).
+pub async fn pool() -> MockPool {
+    pool_with(|c| c).await
+}
+
+pub async fn pool_with(f: impl FnOnce(MockPoolConfig) -> MockPoolConfig) -> MockPool {
+    let cfg = MockPoolConfig::default()
+        .with_difficulty("0.000001")
+        .unwrap();
+    MockPool::start(f(cfg)).await.expect("mock pool starts")
+}
+
+/// A proxy config on 127.0.0.1:0 in front of `pools`, miners at a fixed 1e-7 (≈430 hashes).
+pub fn config(pools: &[SocketAddr], mode: Mode) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.bind_address = "127.0.0.1".into();
+    cfg.server.port = 0;
+    cfg.api.enabled = false;
+    cfg.server.handshake_timeout = Duration::from_secs(10);
+    cfg.server.drain_timeout = Duration::from_secs(5);
+    cfg.mining.mode = mode;
+    cfg.vardiff.enabled = false;
+    cfg.vardiff.initial_difficulty = Decimal::from_str("0.0000001").unwrap();
+    cfg.vardiff.min_difficulty = Decimal::from_str("0.00000001").unwrap();
+    cfg.upstream.connect_timeout = Duration::from_secs(3);
+    cfg.upstream.backoff_initial = Duration::from_millis(100);
+    cfg.upstream.backoff_max = Duration::from_millis(500);
+    cfg.upstream.failback_after = Duration::from_secs(1);
+    cfg.pools = pools
+        .iter()
+        .enumerate()
+        .map(|(i, a)| PoolConfig {
+            name: format!("pool{i}"),
+            host: a.ip().to_string(),
+            port: a.port(),
+            username: "farm".into(),
+            password: Some("secret".into()),
+            password_env: None,
+        })
+        .collect();
+    cfg
+}
+
+pub async fn proxy(cfg: Config) -> ProxyHandle {
+    let pools = resolve_pools(&cfg, |_| None).unwrap();
+    start(cfg, pools, None).await.expect("proxy starts")
+}
+
+/// Decode a `mining.notify` the proxy sent.
+pub fn job_of(n: &Notification) -> Job {
+    assert_eq!(n.method, "mining.notify");
+    Job::from_notify_params(&n.params).expect("valid notify")
+}
+
+/// Search for a share of `job` meeting `difficulty` (or, with `meets = false`, one that does
+/// not). Returns the submit to send.
+pub fn find_share(
+    job: &Job,
+    en1: &[u8],
+    en2_size: usize,
+    difficulty: &str,
+    meets: bool,
+    start_nonce: u32,
+) -> Submit {
+    let target = Difficulty::from_str(difficulty).unwrap().target();
+    let mut submit = Submit {
+        worker: String::new(),
+        job_id: job.job_id.clone(),
+        extranonce2: vec![0x5a; en2_size],
+        ntime: job.ntime,
+        nonce: start_nonce,
+        version_bits: None,
+    };
+    let rules = ShareRules {
+        version_mask: 0,
+        ntime_window: 7200,
+        extranonce2_size: en2_size,
+    };
+    for _ in 0..50_000_000u32 {
+        let share = hash_share(job, en1, &submit, &rules).unwrap();
+        if share.meets(&target) == meets {
+            return submit;
+        }
+        submit.nonce = submit.nonce.wrapping_add(1);
+    }
+    panic!("no share found");
+}
