@@ -10,7 +10,7 @@
 //! - [`demo`]: the self-contained demo (local pool simulator and hashing miners).
 
 pub mod demo;
-pub mod events;
+pub use loka_store::events;
 pub mod lines;
 pub mod proxy;
 pub mod server;
