@@ -1,0 +1,635 @@
+//! Build step: StratumProxy + StratumPool → the proxy's configuration and the Kubernetes objects
+//! that run it.
+//!
+//! Pure functions: no client, no clock, no randomness. The same inputs always give the same
+//! objects, so server-side apply is a no-op when nothing changed, and golden files pin them.
+
+use crate::crd::{Endpoint, PoolMode, SecretKeyRef, ServiceType, StratumPool, StratumProxy};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{Resource, ResourceExt};
+use loka_config::{Config, LogFormat, Mode, PoolConfig};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::FromPrimitive;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Key of the proxy configuration in the ConfigMap.
+pub const CONFIG_KEY: &str = "loka.toml";
+/// Where the ConfigMap is mounted in the proxy container.
+pub const CONFIG_DIR: &str = "/etc/loka";
+/// Writable data directory (embedded SQLite, spool).
+pub const DATA_DIR: &str = "/var/lib/loka";
+/// Pod template annotation carrying the configuration hash: a new hash rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "loka.io/config-hash";
+/// Name of the proxy container.
+pub const CONTAINER: &str = "proxy";
+/// Non-root user and group of the proxy pods (distroless `nonroot`).
+pub const RUN_AS: i64 = 65532;
+/// Extra seconds of grace on top of the drain timeout when the spec sets none.
+pub const GRACE_MARGIN_SECONDS: i64 = 10;
+/// Environment variable with the database URL.
+pub const DATABASE_URL_ENV: &str = "DATABASE_URL";
+
+/// Settings of the operator (not of a CR) that shape the objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Proxy image when the StratumProxy sets none.
+    pub default_image: String,
+    /// Whether the monitoring.coreos.com/v1 ServiceMonitor API is installed.
+    pub service_monitor_api: bool,
+}
+
+/// Everything one StratumProxy owns, ready to be applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Objects {
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub stratum_service: Service,
+    pub api_service: Service,
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    pub service_monitor: Option<DynamicObject>,
+    /// SHA-256 (hex) of the configuration text.
+    pub config_hash: String,
+}
+
+/// Name of the ConfigMap of a proxy.
+pub fn config_map_name(proxy: &str) -> String {
+    format!("{proxy}-config")
+}
+/// Name of the API (metrics) Service of a proxy.
+pub fn api_service_name(proxy: &str) -> String {
+    format!("{proxy}-api")
+}
+
+/// Labels every owned object carries.
+pub fn labels(proxy: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(proxy);
+    l.insert("app.kubernetes.io/component".into(), "stratum-proxy".into());
+    l.insert("app.kubernetes.io/part-of".into(), "loka-stratum".into());
+    l.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "loka-operator".into(),
+    );
+    l
+}
+
+/// Labels that select the pods of a proxy.
+pub fn selector_labels(proxy: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "loka-proxy".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), proxy.to_string()),
+    ])
+}
+
+/// The pod selector as a label-selector string (for the scale subresource).
+pub fn selector_string(proxy: &str) -> String {
+    selector_labels(proxy)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Environment variable holding the password of a Secret reference. The pool-wide password is
+/// `LOKA_POOL_PASSWORD`; an upstream's own is `LOKA_POOL_PASSWORD_<NAME>`.
+pub fn password_env(upstream: Option<&str>) -> String {
+    match upstream {
+        None => "LOKA_POOL_PASSWORD".into(),
+        Some(name) => format!(
+            "LOKA_POOL_PASSWORD_{}",
+            name.to_ascii_uppercase().replace('-', "_")
+        ),
+    }
+}
+
+fn decimal(v: f64) -> Decimal {
+    Decimal::from_f64(v).unwrap_or_default()
+}
+
+fn seconds(s: i32) -> Duration {
+    Duration::from_secs(u64::try_from(s).unwrap_or(0))
+}
+
+/// Upstreams in failover order (lowest priority first, ties in list order) with the password
+/// Secret each uses, if any.
+pub fn ordered_upstreams(pool: &StratumPool) -> Vec<(PoolConfig, Option<(String, SecretKeyRef)>)> {
+    let mut ups: Vec<_> = pool.spec.upstreams.iter().enumerate().collect();
+    ups.sort_by_key(|(i, u)| (u.priority, *i));
+    ups.into_iter()
+        .map(|(_, u)| {
+            let secret = match (&u.password_secret_ref, &pool.spec.password_secret_ref) {
+                (Some(own), _) => Some((password_env(Some(&u.name)), own.clone())),
+                (None, Some(shared)) => Some((password_env(None), shared.clone())),
+                (None, None) => None,
+            };
+            let cfg = PoolConfig {
+                name: u.name.clone(),
+                host: u.host.clone(),
+                port: u16::try_from(u.port).unwrap_or(0),
+                username: u
+                    .account
+                    .clone()
+                    .unwrap_or_else(|| pool.spec.account.clone()),
+                password: None,
+                password_env: secret.as_ref().map(|(env, _)| env.clone()),
+            };
+            (cfg, secret)
+        })
+        .collect()
+}
+
+/// The proxy configuration for a StratumProxy mining for a StratumPool. Not yet validated:
+/// see [`super::validate`].
+pub fn proxy_config(proxy: &StratumProxy, pool: &StratumPool) -> Config {
+    let s = &proxy.spec;
+    let p = &pool.spec;
+    let mut c = Config::default();
+    c.server.port = u16::try_from(s.ports.stratum).unwrap_or(0);
+    c.server.drain_timeout = seconds(s.drain_timeout_seconds);
+    if let Some(max) = s.max_connections {
+        c.server.max_connections = u32::try_from(max).unwrap_or(0);
+    }
+    c.api.port = u16::try_from(s.ports.api).unwrap_or(0);
+    c.mining.mode = match p.mode {
+        PoolMode::Aggregate => Mode::Aggregate,
+        PoolMode::Passthrough => Mode::Passthrough,
+    };
+    c.mining.forward_worker_names = p.forward_worker_names;
+    c.vardiff.enabled = p.vardiff.enabled;
+    c.vardiff.initial_difficulty = decimal(p.vardiff.initial_difficulty);
+    c.vardiff.min_difficulty = decimal(p.vardiff.min_difficulty);
+    c.vardiff.max_difficulty = decimal(p.vardiff.max_difficulty);
+    c.vardiff.target_shares_per_minute = p.vardiff.target_shares_per_minute;
+    c.vardiff.retarget_interval = seconds(p.vardiff.retarget_interval_seconds);
+    c.pools = ordered_upstreams(pool)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    // The database URL, if any, comes from the DATABASE_URL environment variable.
+    c.storage.sqlite_path = format!("{DATA_DIR}/loka.db");
+    c.logging.format = LogFormat::Json;
+    c.logging.level = s.log_level.clone();
+    c
+}
+
+/// SHA-256 of a text, lowercase hex.
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn owner(proxy: &StratumProxy) -> Vec<OwnerReference> {
+    // Reconciled objects always come from the API server, which sets the uid; a proxy without
+    // one yields no owner reference rather than a panic.
+    proxy.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn meta(proxy: &StratumProxy, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: proxy.namespace(),
+        labels: Some(labels(&proxy.name_any())),
+        owner_references: Some(owner(proxy)),
+        ..Default::default()
+    }
+}
+
+/// Build every object of a StratumProxy from its validated configuration.
+pub fn build(
+    proxy: &StratumProxy,
+    pool: &StratumPool,
+    config: &Config,
+    opts: &BuildOptions,
+) -> Objects {
+    let name = proxy.name_any();
+    let toml = config.to_toml();
+    let config_hash = sha256_hex(&toml);
+    let config_map = ConfigMap {
+        metadata: meta(proxy, config_map_name(&name)),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), toml)])),
+        ..Default::default()
+    };
+    Objects {
+        config_map,
+        deployment: deployment(proxy, pool, &config_hash, opts),
+        stratum_service: stratum_service(proxy),
+        api_service: api_service(proxy),
+        pod_disruption_budget: proxy
+            .spec
+            .pod_disruption_budget
+            .enabled
+            .then(|| pod_disruption_budget(proxy)),
+        service_monitor: (opts.service_monitor_api && proxy.spec.telemetry.service_monitor.enabled)
+            .then(|| service_monitor(proxy)),
+        config_hash,
+    }
+}
+
+fn secret_env(name: String, r: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// Environment of the proxy container: Secrets only through `secretKeyRef`.
+fn env(proxy: &StratumProxy, pool: &StratumPool) -> Vec<EnvVar> {
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, secret) in ordered_upstreams(pool) {
+        if let Some((var, r)) = secret
+            && seen.insert(var.clone())
+        {
+            env.push(secret_env(var, &r));
+        }
+    }
+    if let Some(db) = &proxy.spec.database {
+        env.push(secret_env(DATABASE_URL_ENV.into(), &db.url_secret_ref));
+    }
+    if let Some(otlp) = &proxy.spec.telemetry.otlp_endpoint {
+        env.push(value_env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));
+        env.push(value_env("OTEL_SERVICE_NAME", &proxy.name_any()));
+    }
+    env
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+fn volume_mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn empty_dir(name: &str, limit: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(limit.into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Grace period given to a terminating pod: the spec's, or the drain timeout plus a margin.
+pub fn termination_grace_period(proxy: &StratumProxy) -> i64 {
+    proxy
+        .spec
+        .termination_grace_period_seconds
+        .unwrap_or(i64::from(proxy.spec.drain_timeout_seconds) + GRACE_MARGIN_SECONDS)
+}
+
+fn deployment(
+    proxy: &StratumProxy,
+    pool: &StratumPool,
+    config_hash: &str,
+    opts: &BuildOptions,
+) -> Deployment {
+    let name = proxy.name_any();
+    let s = &proxy.spec;
+    let mut pod_labels = s.pod.labels.clone();
+    pod_labels.extend(labels(&name));
+    let mut pod_annotations = s.pod.annotations.clone();
+    pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
+    pod_annotations.insert(
+        "kubectl.kubernetes.io/default-container".into(),
+        CONTAINER.into(),
+    );
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(
+            s.image
+                .clone()
+                .unwrap_or_else(|| opts.default_image.clone()),
+        ),
+        image_pull_policy: s.image_pull_policy.map(|p| p.as_str().to_string()),
+        args: Some(vec![
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("stratum".into()),
+                container_port: s.ports.stratum,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: s.ports.api,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        env: Some(env(proxy, pool)),
+        resources: s.resources.clone(),
+        startup_probe: Some(http_probe("/live", 2, 60)),
+        readiness_probe: Some(http_probe("/ready", 5, 2)),
+        liveness_probe: Some(http_probe("/live", 10, 3)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            volume_mount("config", CONFIG_DIR, true),
+            volume_mount("data", DATA_DIR, false),
+            volume_mount("tmp", "/tmp", false),
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        service_account_name: s.pod.service_account_name.clone(),
+        termination_grace_period_seconds: Some(termination_grace_period(proxy)),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volumes: Some(vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map_name(&name),
+                    items: Some(vec![KeyToPath {
+                        key: CONFIG_KEY.into(),
+                        path: CONFIG_KEY.into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            empty_dir("data", "1Gi"),
+            empty_dir("tmp", "64Mi"),
+        ]),
+        node_selector: (!s.pod.node_selector.is_empty()).then(|| s.pod.node_selector.clone()),
+        tolerations: (!s.pod.tolerations.is_empty()).then(|| s.pod.tolerations.clone()),
+        affinity: s.pod.affinity.clone(),
+        topology_spread_constraints: (!s.pod.topology_spread_constraints.is_empty())
+            .then(|| s.pod.topology_spread_constraints.clone()),
+        priority_class_name: s.pod.priority_class_name.clone(),
+        image_pull_secrets: (!s.pod.image_pull_secrets.is_empty())
+            .then(|| s.pod.image_pull_secrets.clone()),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(proxy, name.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(s.replicas),
+            revision_history_limit: Some(5),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn stratum_service(proxy: &StratumProxy) -> Service {
+    let name = proxy.name_any();
+    let svc = &proxy.spec.service;
+    let mut metadata = meta(proxy, name.clone());
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("loka.io/service".into(), "stratum".into());
+    if !svc.annotations.is_empty() {
+        metadata.annotations = Some(svc.annotations.clone());
+    }
+    let lb = svc.type_ == ServiceType::LoadBalancer;
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(svc.type_.as_str().into()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("stratum".into()),
+                port: proxy.spec.ports.stratum,
+                target_port: Some(IntOrString::String("stratum".into())),
+                protocol: Some("TCP".into()),
+                node_port: svc
+                    .node_port
+                    .filter(|_| svc.type_ != ServiceType::ClusterIP),
+                ..Default::default()
+            }]),
+            // Keep the miners' own addresses: the proxy limits and accounts per IP.
+            external_traffic_policy: lb.then(|| "Local".into()),
+            load_balancer_source_ranges: (lb && !svc.load_balancer_source_ranges.is_empty())
+                .then(|| svc.load_balancer_source_ranges.clone()),
+            load_balancer_class: svc.load_balancer_class.clone().filter(|_| lb),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn api_service(proxy: &StratumProxy) -> Service {
+    let name = proxy.name_any();
+    let mut metadata = meta(proxy, api_service_name(&name));
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("loka.io/service".into(), "api".into());
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: proxy.spec.ports.api,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_disruption_budget(proxy: &StratumProxy) -> PodDisruptionBudget {
+    let name = proxy.name_any();
+    PodDisruptionBudget {
+        metadata: meta(proxy, name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(
+                proxy.spec.pod_disruption_budget.max_unavailable,
+            )),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Prometheus Operator's ServiceMonitor resource.
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+fn service_monitor(proxy: &StratumProxy) -> DynamicObject {
+    let name = proxy.name_any();
+    let sm = &proxy.spec.telemetry.service_monitor;
+    let mut metadata = meta(proxy, name.clone());
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .extend(sm.labels.clone());
+    let mut match_labels = selector_labels(&name);
+    match_labels.insert("loka.io/service".into(), "api".into());
+    let mut obj = DynamicObject::new(&name, &service_monitor_resource());
+    obj.metadata = metadata;
+    obj.data = serde_json::json!({
+        "spec": {
+            "selector": { "matchLabels": match_labels },
+            "endpoints": [{
+                "port": "http",
+                "path": "/metrics/prometheus",
+                "interval": sm.interval,
+            }],
+        }
+    });
+    obj
+}
+
+/// Endpoints miners and scrapers use, from the proxy and (when applied) its Stratum Service.
+pub fn endpoints(proxy: &StratumProxy, stratum_service: Option<&Service>) -> Vec<Endpoint> {
+    let name = proxy.name_any();
+    let ns = proxy.namespace().unwrap_or_default();
+    let mut out = vec![Endpoint {
+        name: "stratum".into(),
+        url: format!("stratum+tcp://{name}.{ns}.svc:{}", proxy.spec.ports.stratum),
+    }];
+    let ingress = stratum_service
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten();
+    for ing in ingress {
+        if let Some(host) = ing.ip.as_ref().or(ing.hostname.as_ref()) {
+            out.push(Endpoint {
+                name: "stratum-external".into(),
+                url: format!("stratum+tcp://{host}:{}", proxy.spec.ports.stratum),
+            });
+        }
+    }
+    out.push(Endpoint {
+        name: "api".into(),
+        url: format!(
+            "http://{}.{ns}.svc:{}",
+            api_service_name(&name),
+            proxy.spec.ports.api
+        ),
+    });
+    out
+}

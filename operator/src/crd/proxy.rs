@@ -1,0 +1,369 @@
+//! `StratumProxy`: a set of proxy pods mining for one `StratumPool`, and how they are exposed.
+// `printcolumn(type_ = "string", ...)` repeats on purpose.
+#![allow(clippy::duplicated_attributes)]
+
+use super::{Condition, SecretKeyRef, conditions_schema};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Default Stratum port of the proxy.
+pub const DEFAULT_STRATUM_PORT: i32 = 3333;
+/// Default HTTP API port of the proxy (`/ready`, `/live`, `/metrics/prometheus`).
+pub const DEFAULT_API_PORT: i32 = 9090;
+
+/// Loka Stratum proxies for one StratumPool: a Deployment, its ConfigMap, Services, a
+/// PodDisruptionBudget and (with the Prometheus Operator) a ServiceMonitor.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "loka.io",
+    version = "v1alpha1",
+    kind = "StratumProxy",
+    plural = "stratumproxies",
+    shortname = "sproxy",
+    category = "loka",
+    namespaced,
+    cel,
+    derive = "PartialEq",
+    status = "StratumProxyStatus",
+    doc = "Loka Stratum proxies mining for one StratumPool.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Pool", type_ = "string", json_path = ".spec.poolRef.name"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.terminationGracePeriodSeconds) || self.terminationGracePeriodSeconds > self.drainTimeoutSeconds").message("terminationGracePeriodSeconds must exceed drainTimeoutSeconds, or pods are killed while draining"))]
+pub struct StratumProxySpec {
+    /// The StratumPool (same namespace) these proxies mine for.
+    pub pool_ref: PoolRef,
+    /// Number of proxy pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Proxy image; the operator's default (`--proxy-image`) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Image pull policy (Kubernetes' default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Container ports, also used by the Services.
+    #[serde(default)]
+    pub ports: Ports,
+    /// The Stratum Service miners connect to.
+    #[serde(default)]
+    pub service: StratumService,
+    /// Share store. Without it each pod keeps an embedded SQLite file in an emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<Database>,
+    /// Compute resources of the proxy container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Metrics and traces.
+    #[serde(default)]
+    pub telemetry: Telemetry,
+    /// Seconds a terminating pod has to move miners away and flush shares.
+    #[serde(default = "default_drain")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub drain_timeout_seconds: i32,
+    /// Pod termination grace period; `drainTimeoutSeconds + 10` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 7200))]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// Most miner connections per pod (the proxy's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4_000_000))]
+    pub max_connections: Option<i32>,
+    /// Log filter of the proxy, e.g. `info` or `loka_proxy=debug,info`.
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1, max = 256))]
+    pub log_level: String,
+    /// The PodDisruptionBudget.
+    #[serde(default)]
+    pub pod_disruption_budget: DisruptionBudget,
+    /// Extra settings of the proxy pods.
+    #[serde(default)]
+    pub pod: PodSettings,
+}
+
+/// Reference to a StratumPool in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct PoolRef {
+    /// Name of the StratumPool.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Image pull policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Ports of the proxy container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.stratum != self.api").message("ports.stratum and ports.api must be distinct"))]
+pub struct Ports {
+    /// Stratum port miners connect to.
+    #[serde(default = "default_stratum_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub stratum: i32,
+    /// HTTP API port (`/ready`, `/live`, `/metrics/prometheus`).
+    #[serde(default = "default_api_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub api: i32,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            stratum: DEFAULT_STRATUM_PORT,
+            api: DEFAULT_API_PORT,
+        }
+    }
+}
+
+/// Kubernetes Service type of the Stratum Service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The Stratum Service. `LoadBalancer` gets `externalTrafficPolicy: Local` so the proxy sees
+/// the miners' own addresses.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.nodePort) || self.type != 'ClusterIP'").message("nodePort needs service type NodePort or LoadBalancer"))]
+#[x_kube(validation = Rule::new("self.type == 'LoadBalancer' || !has(self.loadBalancerSourceRanges) || size(self.loadBalancerSourceRanges) == 0").message("loadBalancerSourceRanges need service type LoadBalancer"))]
+pub struct StratumService {
+    /// `ClusterIP`, `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Fixed node port for the Stratum port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub node_port: Option<i32>,
+    /// Annotations of the Service (e.g. for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Client CIDRs allowed through the load balancer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub load_balancer_source_ranges: Vec<String>,
+    /// Load balancer implementation class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_class: Option<String>,
+}
+
+/// The share store.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Database {
+    /// Secret key holding a `postgres://` URL, given to the pods as `DATABASE_URL`.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// Metrics and traces.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Telemetry {
+    /// OTLP endpoint for traces (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("otlpEndpoint must be an http:// or https:// URL"))]
+    pub otlp_endpoint: Option<String>,
+    /// ServiceMonitor, created only when the Prometheus Operator API is installed.
+    #[serde(default)]
+    pub service_monitor: ServiceMonitorSettings,
+}
+
+/// ServiceMonitor settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitorSettings {
+    /// Create a ServiceMonitor when the monitoring.coreos.com API exists.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Scrape interval.
+    #[serde(default = "default_interval")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(ms|s|m|h)$')").message("interval must be a duration such as 30s or 1m"))]
+    pub interval: String,
+    /// Extra labels (e.g. the `release` label a Prometheus selects on).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for ServiceMonitorSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: default_interval(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// The PodDisruptionBudget.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionBudget {
+    /// Create a PodDisruptionBudget.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Pods that may be evicted at once.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_unavailable: i32,
+}
+
+impl Default for DisruptionBudget {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_unavailable: 1,
+        }
+    }
+}
+
+/// Extra settings of the proxy pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Extra pod labels (the operator's own labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+}
+
+/// Observed state of a StratumProxy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StratumProxyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, with PascalCase reasons.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Pods of the current Deployment (scale subresource).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods passing `/ready`.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the pods (scale subresource, for HorizontalPodAutoscalers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Where miners and scrapers reach the proxies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    /// SHA-256 of the proxy configuration the pods run with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}
+
+/// A named address.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct Endpoint {
+    /// `stratum`, `stratum-external` or `api`.
+    pub name: String,
+    /// e.g. `stratum+tcp://proxy.mining.svc:3333`.
+    pub url: String,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_one() -> i32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_stratum_port() -> i32 {
+    DEFAULT_STRATUM_PORT
+}
+fn default_api_port() -> i32 {
+    DEFAULT_API_PORT
+}
+fn default_drain() -> i32 {
+    20
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_interval() -> String {
+    "30s".into()
+}

@@ -1,0 +1,276 @@
+//! Builders: golden YAML of every object built from the fixtures in `tests/fixtures/<case>/`,
+//! plus the properties the proxy depends on.
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p loka-operator --test builders` rewrites `tests/golden/`.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use loka_config::Config;
+use loka_operator::controller::build::{self, BuildOptions, Objects};
+use loka_operator::controller::validate::validate;
+use loka_operator::crd::{StratumPool, StratumProxy};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests")
+}
+
+fn fixture(case: &str) -> (StratumProxy, StratumPool) {
+    let read =
+        |f: &str| std::fs::read_to_string(dir().join("fixtures").join(case).join(f)).unwrap();
+    (
+        serde_yaml::from_str(&read("proxy.yaml")).unwrap(),
+        serde_yaml::from_str(&read("pool.yaml")).unwrap(),
+    )
+}
+
+fn opts(service_monitor_api: bool) -> BuildOptions {
+    BuildOptions {
+        default_image: "ghcr.io/loka-stratum/loka-proxy:0.1.0".into(),
+        service_monitor_api,
+    }
+}
+
+fn objects(case: &str, service_monitor_api: bool) -> Objects {
+    let (proxy, pool) = fixture(case);
+    let config = validate(&proxy, &pool).expect("fixture is valid");
+    build::build(&proxy, &pool, &config, &opts(service_monitor_api))
+}
+
+/// Stands in for the proxy configuration text in golden files: that text is
+/// `loka_config::Config::to_toml()`, which changes whenever the shared config crate gains a
+/// field, so it is pinned by `configmap_is_what_the_proxy_reads` and `config_follows_the_pool`
+/// instead.
+const CONFIG_PLACEHOLDER: &str = "<loka_config::Config::to_toml()>";
+const HASH_PLACEHOLDER: &str = "<sha256 of loka.toml>";
+
+/// All objects as one multi-document YAML stream, in apply order.
+fn render(o: &Objects) -> String {
+    let mut config_map = serde_json::to_value(&o.config_map).unwrap();
+    config_map["data"][build::CONFIG_KEY] = CONFIG_PLACEHOLDER.into();
+    let mut deployment = serde_json::to_value(&o.deployment).unwrap();
+    deployment["spec"]["template"]["metadata"]["annotations"][build::CONFIG_HASH_ANNOTATION] =
+        HASH_PLACEHOLDER.into();
+    let mut docs: Vec<Value> = vec![
+        config_map,
+        deployment,
+        serde_json::to_value(&o.stratum_service).unwrap(),
+        serde_json::to_value(&o.api_service).unwrap(),
+    ];
+    if let Some(pdb) = &o.pod_disruption_budget {
+        docs.push(serde_json::to_value(pdb).unwrap());
+    }
+    if let Some(sm) = &o.service_monitor {
+        docs.push(serde_json::to_value(sm).unwrap());
+    }
+    docs.iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect()
+}
+
+fn check_golden(name: &str, text: &str) {
+    let path = dir().join("golden").join(format!("{name}.yaml"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    pretty_assertions::assert_eq!(
+        want,
+        text,
+        "{} is stale: UPDATE_GOLDEN=1 cargo test -p loka-operator --test builders",
+        path.display()
+    );
+}
+
+#[test]
+fn golden_basic() {
+    check_golden("basic", &render(&objects("basic", false)));
+}
+
+#[test]
+fn golden_full() {
+    check_golden("full", &render(&objects("full", true)));
+}
+
+#[test]
+fn configmap_is_what_the_proxy_reads() {
+    for case in ["basic", "full"] {
+        let (proxy, pool) = fixture(case);
+        let config = validate(&proxy, &pool).unwrap();
+        let o = build::build(&proxy, &pool, &config, &opts(true));
+        let text = &o.config_map.data.as_ref().unwrap()[build::CONFIG_KEY];
+        let read = Config::from_toml(text).unwrap();
+        assert_eq!(read, config);
+        read.validate().unwrap();
+        assert_eq!(o.config_hash, build::sha256_hex(text));
+    }
+}
+
+#[test]
+fn config_follows_the_pool() {
+    let (proxy, pool) = fixture("full");
+    let c = validate(&proxy, &pool).unwrap();
+    assert_eq!(c.mining.mode, loka_config::Mode::Passthrough);
+    assert!(c.mining.forward_worker_names);
+    // Failover order: priority, then list order.
+    let names: Vec<_> = c.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["primary", "primary-eu", "backup"]);
+    assert_eq!(c.pools[2].username, "farm1-backup");
+    assert_eq!(
+        c.pools[2].password_env.as_deref(),
+        Some("LOKA_POOL_PASSWORD_BACKUP")
+    );
+    assert_eq!(
+        c.pools[0].password_env.as_deref(),
+        Some("LOKA_POOL_PASSWORD")
+    );
+    assert!(c.pools.iter().all(|p| p.password.is_none()));
+    assert_eq!(c.vardiff.min_difficulty.to_string(), "0.001");
+    assert_eq!(c.server.port, 3334);
+    assert_eq!(c.api.port, 9091);
+    assert_eq!(c.server.drain_timeout.as_secs(), 45);
+    assert_eq!(c.server.max_connections, 50000);
+    assert!(
+        c.storage.database_url.is_empty(),
+        "the URL comes from DATABASE_URL"
+    );
+}
+
+fn pod(d: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+#[test]
+fn deployment_is_locked_down() {
+    let o = objects("basic", false);
+    let p = pod(&o.deployment);
+    let c = &p.containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    let psc = p.security_context.as_ref().unwrap();
+    assert_eq!(
+        psc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(p.automount_service_account_token, Some(false));
+    // Grace period exceeds the drain timeout (20 s default).
+    assert_eq!(p.termination_grace_period_seconds, Some(30));
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(probe_path(&c.readiness_probe), "/ready");
+    assert_eq!(probe_path(&c.liveness_probe), "/live");
+    let ports: Vec<_> = c
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.container_port)
+        .collect();
+    assert_eq!(ports, [3333, 9090]);
+    // Secrets only by reference.
+    for e in c.env.as_ref().unwrap() {
+        assert!(e.value.is_none() || !e.name.contains("PASSWORD"), "{e:?}");
+    }
+}
+
+#[test]
+fn config_change_rolls_the_pods() {
+    let (proxy, mut pool) = fixture("basic");
+    let hash = |pool: &StratumPool| {
+        let c = validate(&proxy, pool).unwrap();
+        let o = build::build(&proxy, pool, &c, &opts(false));
+        o.deployment
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[build::CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    let before = hash(&pool);
+    assert_eq!(before, hash(&pool), "deterministic");
+    pool.spec.vardiff.initial_difficulty = 1024.0;
+    assert_ne!(before, hash(&pool));
+}
+
+#[test]
+fn load_balancer_keeps_miner_addresses() {
+    let full = objects("full", true);
+    let spec = full.stratum_service.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+    let basic = objects("basic", false);
+    let spec = basic.stratum_service.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(spec.external_traffic_policy, None);
+}
+
+#[test]
+fn service_monitor_only_with_the_api() {
+    assert!(objects("full", true).service_monitor.is_some());
+    assert!(objects("full", false).service_monitor.is_none());
+    let (mut proxy, pool) = fixture("full");
+    proxy.spec.telemetry.service_monitor.enabled = false;
+    let c = validate(&proxy, &pool).unwrap();
+    assert!(
+        build::build(&proxy, &pool, &c, &opts(true))
+            .service_monitor
+            .is_none()
+    );
+}
+
+#[test]
+fn everything_is_owned_by_the_proxy() {
+    let o = objects("full", true);
+    let metas = [
+        &o.config_map.metadata,
+        &o.deployment.metadata,
+        &o.stratum_service.metadata,
+        &o.api_service.metadata,
+        &o.pod_disruption_budget.as_ref().unwrap().metadata,
+        &o.service_monitor.as_ref().unwrap().metadata,
+    ];
+    for m in metas {
+        let refs = m.owner_references.as_ref().unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].kind, "StratumProxy");
+        assert_eq!(refs[0].name, "edge");
+        assert_eq!(refs[0].uid, "6f1c0c9e-0000-4000-8000-000000000012");
+        assert_eq!(refs[0].controller, Some(true));
+        assert_eq!(m.namespace.as_deref(), Some("mining"));
+    }
+}
+
+#[test]
+fn invalid_pool_names_every_problem() {
+    let (proxy, mut pool) = fixture("basic");
+    pool.spec.upstreams[0].port = 0;
+    pool.spec.account = String::new();
+    let errs = validate(&proxy, &pool).unwrap_err();
+    assert!(
+        errs.iter().any(|e| e.starts_with("pools[0].port")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("pools[0].username")),
+        "{errs:?}"
+    );
+}
