@@ -9,6 +9,7 @@
 //! - [`proxy`]: starting and stopping a whole proxy in-process (used by `main`, tests, demo).
 //! - [`demo`]: the self-contained demo (local pool simulator and hashing miners).
 
+pub mod api;
 pub mod demo;
 pub use loka_store::events;
 pub mod lines;

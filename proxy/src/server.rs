@@ -31,7 +31,7 @@ pub struct Shared {
     /// Aggregate mode: the one upstream session all miners share.
     pub upstream: Option<UpstreamHandle>,
     /// Template for passthrough sessions' own upstreams.
-    pub upstream_settings: UpstreamSettings,
+    upstream_settings: RwLock<UpstreamSettings>,
     pub allocator: Mutex<ExtranonceAllocator>,
     pub version_mask: u32,
     /// Cancelled to drain: sessions send `client.reconnect` and close.
@@ -40,6 +40,10 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Admin "disconnect connection N".
     pub kicks: broadcast::Sender<u64>,
+    /// Events for API subscribers (WebSocket/SSE); sent only while someone listens.
+    pub api_events: broadcast::Sender<Event>,
+    /// Live connections, for the admin console (updated at connect/authorize/close only).
+    pub connections: Mutex<HashMap<u64, ConnectionInfo>>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     next_id: AtomicU64,
 }
@@ -66,11 +70,13 @@ impl Shared {
             events,
             events_enabled,
             upstream,
-            upstream_settings,
+            upstream_settings: RwLock::new(upstream_settings),
             allocator: Mutex::new(allocator),
             drain: shutdown.child_token(),
             shutdown,
             kicks: broadcast::channel(64).0,
+            api_events: broadcast::channel(4096).0,
+            connections: Mutex::new(HashMap::new()),
             per_ip: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }))
@@ -80,15 +86,34 @@ impl Shared {
         self.config.read().clone()
     }
 
-    pub fn events_enabled(&self) -> bool {
-        self.events_enabled
+    /// Whether anyone consumes share events (storage, or an API subscriber right now).
+    pub fn upstream_settings(&self) -> UpstreamSettings {
+        self.upstream_settings.read().clone()
     }
 
-    /// Hand an event to the storage queue without waiting; a full queue is counted.
+    /// New pools for passthrough sessions started from now on.
+    pub fn set_upstream_pools(&self, pools: Vec<crate::upstream::conn::PoolEndpoint>) {
+        self.upstream_settings.write().pools = pools;
+    }
+
+    pub fn events_enabled(&self) -> bool {
+        self.events_enabled || self.api_events.receiver_count() > 0
+    }
+
+    /// Hand an event to the storage queue and API subscribers without waiting; a full
+    /// storage queue is counted.
     pub fn emit(&self, event: Event) {
+        if self.api_events.receiver_count() > 0 {
+            let _ = self.api_events.send(event.clone());
+        }
         if self.events_enabled && !self.events.emit(event) {
             self.stats.events_dropped.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Replace the configuration (config reload). Pools go to the upstream task.
+    pub fn replace_config(&self, config: Arc<Config>) {
+        *self.config.write() = config;
     }
 
     pub fn vardiff_config(&self) -> VardiffConfig {
@@ -115,6 +140,16 @@ impl Shared {
             ip,
         })
     }
+}
+
+/// What the admin console shows of a live connection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectionInfo {
+    pub connection_id: u64,
+    pub remote_addr: SocketAddr,
+    pub connected_at: String,
+    pub user_agent: Option<String>,
+    pub workers: Vec<String>,
 }
 
 /// Releases a per-IP slot when the connection ends.
@@ -183,12 +218,34 @@ async fn handle(
     _ip: IpGuard,
 ) {
     let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    run_session(r, w, peer, shared).await;
+}
+
+/// Register a connection, run its session over any byte stream (TCP, or the WebSocket
+/// bridge of the API's `/stratum`), and unregister it.
+pub async fn run_session<R, W>(r: R, w: W, peer: SocketAddr, shared: Arc<Shared>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let id = shared.next_id.fetch_add(1, Relaxed);
     shared.stats.connection_opened();
+    shared.connections.lock().insert(
+        id,
+        ConnectionInfo {
+            connection_id: id,
+            remote_addr: peer,
+            connected_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            user_agent: None,
+            workers: Vec::new(),
+        },
+    );
     shared.emit(Event::Connection(ConnectionEvent::Connected {
         connection_id: id,
         remote: peer,
     }));
-    Session::new(id, peer, shared.clone()).run(stream).await;
+    Session::new(id, peer, shared.clone()).run(r, w).await;
+    shared.connections.lock().remove(&id);
     shared.stats.connection_closed();
 }

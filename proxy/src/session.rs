@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 pub const SERVER_VERSION: &str = concat!("Loka Stratum/", env!("CARGO_PKG_VERSION"));
@@ -144,9 +143,12 @@ impl Session {
     }
 
     /// Serve the connection until it closes.
-    pub async fn run(mut self, stream: TcpStream) {
+    pub async fn run<R, W>(mut self, r: R, mut w: W)
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
         let cfg = self.shared.config();
-        let (r, mut w) = stream.into_split();
         let mut reader = LineReader::new(r, cfg.server.max_line_bytes);
         let handshake_deadline = Instant::now() + cfg.server.handshake_timeout;
         let idle = cfg.server.idle_timeout;
@@ -268,6 +270,11 @@ impl Session {
         line: &[u8],
         work_rx: &mut Option<tokio::sync::watch::Receiver<Option<Arc<Work>>>>,
     ) {
+        let stats = &self.shared.stats;
+        stats.messages_received.fetch_add(1, Relaxed);
+        stats
+            .bytes_received
+            .fetch_add(line.len() as u64 + 1, Relaxed);
         let env = match Envelope::parse(line) {
             Ok(env) => env,
             Err(e) => {
@@ -303,7 +310,12 @@ impl Session {
             }
         };
         match request {
-            Request::Submit(s) => self.on_submit(&id, s).await,
+            Request::Submit(s) => {
+                let started = Instant::now();
+                self.on_submit(&id, s).await;
+                let elapsed = started.elapsed().as_secs_f64();
+                self.shared.stats.submit_latency.observe(elapsed);
+            }
             Request::Subscribe {
                 user_agent,
                 session_id,
@@ -365,7 +377,7 @@ impl Session {
         if self.upstream.is_none() {
             // Passthrough: this miner's own upstream session.
             let handle = crate::upstream::spawn(
-                self.shared.upstream_settings.clone(),
+                self.shared.upstream_settings(),
                 self.shared.shutdown.child_token(),
             );
             *work_rx = Some(handle.work.clone());
@@ -457,6 +469,10 @@ impl Session {
                 user_agent: self.user_agent.clone(),
                 remote: self.peer,
             }));
+        if let Some(c) = self.shared.connections.lock().get_mut(&self.id) {
+            c.workers.push(username.clone());
+            c.user_agent = self.user_agent.clone();
+        }
         let first = self.workers.is_empty();
         self.workers.push(Authorized { name, stats });
         self.out.extend(result_line(id, "true"));
@@ -786,6 +802,7 @@ impl Session {
             return;
         }
         stats.shares_accepted.fetch_add(1, Relaxed);
+        stats.share_difficulty.observe(difficulty.to_f64());
         worker_stats.add_accepted(difficulty.to_f64());
         self.out.extend(result_line(id, "true"));
         if let Some(event) = event {
@@ -815,6 +832,7 @@ impl Session {
         match v.result {
             Ok(()) => {
                 stats.shares_accepted.fetch_add(1, Relaxed);
+                stats.share_difficulty.observe(a.difficulty);
                 a.worker.add_accepted(a.difficulty);
                 self.out.extend(result_line(&v.request_id, "true"));
             }

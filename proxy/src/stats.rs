@@ -28,6 +28,13 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     /// Share events the storage queue could not take.
     pub events_dropped: AtomicU64,
+    /// Lines (messages) and bytes received from miners.
+    pub messages_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// Time from a submit line arriving to its verdict being ready, in seconds.
+    pub submit_latency: Histogram,
+    /// Difficulty of accepted shares (the credit each earned).
+    pub share_difficulty: Histogram,
     workers: Mutex<HashMap<String, Arc<WorkerStats>>>,
 }
 
@@ -43,9 +50,15 @@ pub struct WorkerStats {
     pub rejected: AtomicU64,
     /// Current difficulty (f64 bits), for display.
     pub difficulty_bits: AtomicU64,
-    /// Sum of accepted difficulty × 1e6, for hashrate estimates.
-    pub accepted_work_micro: AtomicU64,
+    /// Sum of accepted difficulty (f64 bits), for hashrate estimates (display only).
+    accepted_work_bits: AtomicU64,
 }
+
+/// Buckets of the submit latency histogram (seconds): 10 µs … 1 s.
+pub const SUBMIT_LATENCY_BUCKETS: [f64; 14] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+    0.25, 1.0,
+];
 
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -71,6 +84,10 @@ impl Default for Stats {
             jobs_distributed: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            submit_latency: Histogram::new(SUBMIT_LATENCY_BUCKETS.to_vec()),
+            share_difficulty: Histogram::new((0..16).map(|i| 1e-9 * 16f64.powi(i)).collect()),
             workers: Mutex::new(HashMap::new()),
         }
     }
@@ -112,7 +129,7 @@ impl Stats {
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             difficulty_bits: AtomicU64::new(0),
-            accepted_work_micro: AtomicU64::new(0),
+            accepted_work_bits: AtomicU64::new(0f64.to_bits()),
         });
         workers.insert(name.to_string(), w.clone());
         w
@@ -139,7 +156,130 @@ impl WorkerStats {
 
     pub fn add_accepted(&self, difficulty: f64) {
         self.accepted.fetch_add(1, Relaxed);
-        self.accepted_work_micro
-            .fetch_add((difficulty * 1e6) as u64, Relaxed);
+        let _ = self.accepted_work_bits.fetch_update(Relaxed, Relaxed, |b| {
+            Some((f64::from_bits(b) + difficulty).to_bits())
+        });
+    }
+
+    /// Sum of the difficulty of accepted shares.
+    pub fn accepted_work(&self) -> f64 {
+        f64::from_bits(self.accepted_work_bits.load(Relaxed))
+    }
+}
+
+/// A fixed-bucket histogram of atomics: observing is a few relaxed atomic operations, reading
+/// is a snapshot (for Prometheus, JSON and percentiles).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: Vec<f64>,
+    /// One count per bound, plus +Inf; not cumulative.
+    counts: Vec<AtomicU64>,
+    sum_bits: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A consistent-enough copy of a histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub sum: f64,
+    pub count: u64,
+    /// (upper bound, non-cumulative count), the last bound is +Inf.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    pub fn new(bounds: Vec<f64>) -> Self {
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            bounds,
+            counts,
+            sum_bits: AtomicU64::new(0f64.to_bits()),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        let _ = self.sum_bits.fetch_update(Relaxed, Relaxed, |bits| {
+            Some((f64::from_bits(bits) + v).to_bits())
+        });
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let buckets = self
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().map(|c| c.load(Relaxed)))
+            .collect::<Vec<_>>();
+        HistogramSnapshot {
+            sum: f64::from_bits(self.sum_bits.load(Relaxed)),
+            count: buckets.iter().map(|b| b.1).sum(),
+            buckets,
+        }
+    }
+}
+
+impl HistogramSnapshot {
+    /// The q-quantile, interpolated linearly inside its bucket.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.count == 0 {
+            return 0.0;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let mut seen = 0u64;
+        let mut lower = 0.0;
+        for &(bound, n) in &self.buckets {
+            if n > 0 && (seen + n) as f64 >= rank {
+                let upper = if bound.is_finite() { bound } else { lower };
+                let frac = (rank - seen as f64) / n as f64;
+                return lower + frac.clamp(0.0, 1.0) * (upper - lower);
+            }
+            seen += n;
+            if bound.is_finite() {
+                lower = bound;
+            }
+        }
+        lower
+    }
+
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let h = Histogram::new(vec![1.0, 2.0, 4.0]);
+        for v in [0.5, 1.5, 1.5, 3.0] {
+            h.observe(v);
+        }
+        h.observe(10.0);
+        let s = h.snapshot();
+        assert_eq!(s.count, 5);
+        assert_eq!(
+            s.buckets,
+            vec![(1.0, 1), (2.0, 2), (4.0, 1), (f64::INFINITY, 1)]
+        );
+        assert!((s.sum - 16.5).abs() < 1e-9);
+        assert!((s.quantile(0.2) - 1.0).abs() < 1e-9);
+        assert!((s.quantile(0.5) - 1.75).abs() < 1e-9);
+        assert_eq!(s.quantile(1.0), 4.0);
+        assert_eq!(Histogram::new(vec![1.0]).snapshot().quantile(0.5), 0.0);
     }
 }

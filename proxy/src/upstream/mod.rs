@@ -83,25 +83,42 @@ pub struct UpstreamDetail {
     pub last_error: Option<String>,
 }
 
+/// Commands from the admin API / config reload.
+#[derive(Debug)]
+pub enum Control {
+    /// Replace the failover list; the session moves to the best pool of the new list.
+    SetPools(Vec<PoolEndpoint>),
+}
+
 /// The handle sessions use.
 #[derive(Clone)]
 pub struct UpstreamHandle {
     pub work: watch::Receiver<Option<Arc<Work>>>,
     pub submit: mpsc::Sender<Submission>,
     pub status: Arc<UpstreamStatus>,
+    pub control: mpsc::Sender<Control>,
 }
 
 /// Start an upstream task; it ends on `shutdown` or when every handle is dropped.
 pub fn spawn(settings: UpstreamSettings, shutdown: CancellationToken) -> UpstreamHandle {
     let (work_tx, work_rx) = watch::channel(None);
     let (submit_tx, submit_rx) = mpsc::channel(4096);
+    let (control_tx, control_rx) = mpsc::channel(8);
     let status = Arc::new(UpstreamStatus::default());
-    let task = Upstream::new(settings, work_tx, submit_rx, status.clone(), shutdown);
+    let task = Upstream::new(
+        settings,
+        work_tx,
+        submit_rx,
+        control_rx,
+        status.clone(),
+        shutdown,
+    );
     tokio::spawn(task.run());
     UpstreamHandle {
         work: work_rx,
         submit: submit_tx,
         status,
+        control: control_tx,
     }
 }
 
@@ -116,6 +133,7 @@ enum End {
     Reconnect {
         index: usize,
     },
+    Reconfigured,
 }
 
 struct Pending {
@@ -127,6 +145,7 @@ struct Upstream {
     s: UpstreamSettings,
     work_tx: watch::Sender<Option<Arc<Work>>>,
     submit_rx: mpsc::Receiver<Submission>,
+    control_rx: mpsc::Receiver<Control>,
     status: Arc<UpstreamStatus>,
     shutdown: CancellationToken,
     failures: Vec<u32>,
@@ -139,6 +158,7 @@ impl Upstream {
         s: UpstreamSettings,
         work_tx: watch::Sender<Option<Arc<Work>>>,
         submit_rx: mpsc::Receiver<Submission>,
+        control_rx: mpsc::Receiver<Control>,
         status: Arc<UpstreamStatus>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -147,6 +167,7 @@ impl Upstream {
             s,
             work_tx,
             submit_rx,
+            control_rx,
             status,
             shutdown,
             failures: vec![0; n],
@@ -194,6 +215,10 @@ impl Upstream {
                     self.status.failovers.fetch_add(1, Relaxed);
                     handover = Some(c);
                 }
+                End::Reconfigured => {
+                    tracing::info!(pools = ?self.s.pools, "upstream pools replaced");
+                    self.work_tx.send_replace(None);
+                }
                 End::Reconnect { index } => {
                     tracing::info!(pool = %self.s.pools[index].name, "pool asked us to reconnect");
                     self.next_try[index] = Instant::now();
@@ -214,6 +239,17 @@ impl Upstream {
             .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
         let base = exp.min(t.backoff_max);
         base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+
+    fn apply(&mut self, c: Control) {
+        match c {
+            Control::SetPools(pools) => {
+                let n = pools.len();
+                self.s.pools = pools;
+                self.failures = vec![0; n];
+                self.next_try = vec![Instant::now(); n];
+            }
+        }
     }
 
     fn penalise(&mut self, index: usize) {
@@ -261,6 +297,7 @@ impl Upstream {
                 .unwrap_or_else(Instant::now);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                Some(c) = self.control_rx.recv() => self.apply(c),
                 _ = self.shutdown.cancelled() => return None,
             }
         }
@@ -320,6 +357,10 @@ impl Upstream {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return End::Shutdown,
+                Some(c) = self.control_rx.recv() => {
+                    self.apply(c);
+                    return End::Reconfigured;
+                }
                 msg = conn.next_message() => {
                     let msg = match msg { Ok(m) => m, Err(e) => return failed(e) };
                     match msg {

@@ -1,0 +1,161 @@
+//! Once a second: rates from counters (connections, shares, messages, bytes, errors), per-
+//! worker hashrate averages over 1m/10m/1h/24h, and the process's CPU and memory. The API
+//! reads the latest snapshot; the share path never sees any of this.
+
+use crate::server::Shared;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+use tokio_util::sync::CancellationToken;
+
+/// Hashrate windows, in seconds.
+pub const WINDOWS: [(&str, f64); 4] = [
+    ("1m", 60.0),
+    ("10m", 600.0),
+    ("1h", 3600.0),
+    ("24h", 86400.0),
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct Rates {
+    pub connections_per_sec: f64,
+    pub connections_per_sec_peak: f64,
+    pub shares_per_sec: f64,
+    pub messages_per_sec: f64,
+    pub bytes_per_sec: f64,
+    pub errors_per_sec: f64,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub threads: u64,
+    /// Worker name → hashrate (H/s) per window of [`WINDOWS`].
+    pub hashrates: HashMap<String, [f64; 4]>,
+}
+
+impl Rates {
+    pub fn total_hashrate(&self, window: usize) -> f64 {
+        self.hashrates.values().map(|h| h[window]).sum()
+    }
+}
+
+pub struct Sampler {
+    pub latest: RwLock<Rates>,
+}
+
+struct Prev {
+    at: Instant,
+    connections: u64,
+    shares: u64,
+    messages: u64,
+    bytes: u64,
+    errors: u64,
+    work: HashMap<String, f64>,
+}
+
+fn errors_total(shared: &Shared) -> u64 {
+    shared.stats.protocol_errors.load(Relaxed) + shared.stats.connections_refused.load(Relaxed)
+}
+
+impl Sampler {
+    pub fn spawn(shared: Arc<Shared>, stop: CancellationToken) -> Arc<Sampler> {
+        let sampler = Arc::new(Sampler {
+            latest: RwLock::new(Rates::default()),
+        });
+        let me = sampler.clone();
+        tokio::spawn(async move {
+            let mut sys = System::new();
+            let pid = Pid::from_u32(std::process::id());
+            let mut prev = Prev {
+                at: Instant::now(),
+                connections: shared.stats.connections_total.load(Relaxed),
+                shares: shared.stats.shares_submitted.load(Relaxed),
+                messages: shared.stats.messages_received.load(Relaxed),
+                bytes: shared.stats.bytes_received.load(Relaxed),
+                errors: errors_total(&shared),
+                work: HashMap::new(),
+            };
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                me.sample(&shared, &mut prev, &mut sys, pid);
+            }
+        });
+        sampler
+    }
+
+    fn sample(&self, shared: &Shared, prev: &mut Prev, sys: &mut System, pid: Pid) {
+        let now = Instant::now();
+        let dt = now.duration_since(prev.at).as_secs_f64().max(0.001);
+        let s = &shared.stats;
+        let rate = |cur: u64, old: &mut u64| {
+            let r = cur.saturating_sub(*old) as f64 / dt;
+            *old = cur;
+            r
+        };
+        let mut next = self.latest.read().clone();
+        next.connections_per_sec = rate(s.connections_total.load(Relaxed), &mut prev.connections);
+        next.connections_per_sec_peak = next.connections_per_sec_peak.max(next.connections_per_sec);
+        next.shares_per_sec = rate(s.shares_submitted.load(Relaxed), &mut prev.shares);
+        next.messages_per_sec = rate(s.messages_received.load(Relaxed), &mut prev.messages);
+        next.bytes_per_sec = rate(s.bytes_received.load(Relaxed), &mut prev.bytes);
+        next.errors_per_sec = rate(errors_total(shared), &mut prev.errors);
+        // Hashrate: accepted difficulty × 2^32 per second, averaged exponentially per window.
+        for w in s.workers() {
+            let work = w.accepted_work();
+            let old = prev.work.insert(w.name.clone(), work).unwrap_or(work);
+            let instant = (work - old).max(0.0) * 4_294_967_296.0 / dt;
+            let h = next.hashrates.entry(w.name.clone()).or_insert([0.0; 4]);
+            for (i, (_, window)) in WINDOWS.iter().enumerate() {
+                let alpha = 1.0 - (-dt / window).exp();
+                h[i] += alpha * (instant - h[i]);
+            }
+        }
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            true,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        if let Some(p) = sys.process(pid) {
+            next.cpu_percent = f64::from(p.cpu_usage());
+            next.memory_bytes = p.memory();
+        }
+        next.threads = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("Threads:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+            })
+            .unwrap_or(0);
+        prev.at = now;
+        *self.latest.write() = next;
+    }
+}
+
+/// `650 GH/s`-style formatting.
+pub fn format_hashrate(h: f64) -> String {
+    let units = ["H/s", "kH/s", "MH/s", "GH/s", "TH/s", "PH/s", "EH/s"];
+    let mut v = h.max(0.0);
+    let mut i = 0;
+    while v >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", units[i])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hashrate_units() {
+        assert_eq!(super::format_hashrate(650e9), "650.0 GH/s");
+        assert_eq!(super::format_hashrate(150.5e12), "150.5 TH/s");
+        assert_eq!(super::format_hashrate(12.0), "12.0 H/s");
+    }
+}
