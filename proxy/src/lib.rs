@@ -18,4 +18,5 @@ pub mod server;
 pub mod session;
 pub mod settings;
 pub mod stats;
+pub mod telemetry;
 pub mod upstream;

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// State every session shares. Read-mostly; nothing here is locked on the share path except
 /// a job's duplicate set and (at subscribe) the extranonce allocator.
@@ -245,7 +246,11 @@ where
         connection_id: id,
         remote: peer,
     }));
-    Session::new(id, peer, shared.clone()).run(r, w).await;
+    let span = tracing::info_span!("connection", conn = id, peer = %peer);
+    Session::new(id, peer, shared.clone())
+        .run(r, w)
+        .instrument(span)
+        .await;
     shared.connections.lock().remove(&id);
     shared.stats.connection_closed();
 }

@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub const SERVER_VERSION: &str = concat!("Loka Stratum/", env!("CARGO_PKG_VERSION"));
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +102,8 @@ pub struct Session {
     last_job_seq: u64,
     out: Vec<u8>,
     close: Option<Close>,
+    /// When the first work goes out (a moment after the authorize reply).
+    first_work_at: Option<Instant>,
 }
 
 impl Session {
@@ -135,6 +138,7 @@ impl Session {
             last_job_seq: 0,
             out: Vec::with_capacity(256),
             close: None,
+            first_work_at: None,
         }
     }
 
@@ -210,6 +214,13 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.close = Some(if self.ready() { Close::IdleTimeout } else { Close::HandshakeTimeout });
+                }
+                _ = tokio::time::sleep_until(self.first_work_at.unwrap_or_else(Instant::now).into()), if self.first_work_at.is_some() => {
+                    self.first_work_at = None;
+                    if self.last_job_seq == 0 && let Some(rx) = work_rx.as_mut() {
+                        let work = rx.borrow_and_update().clone();
+                        self.send_work(work.as_deref(), true);
+                    }
                 }
                 _ = tokio::time::sleep_until(tick_at.into()), if self.vardiff.is_some() && self.ready() => {
                     if let Some(d) = self.vardiff.as_mut().and_then(|v| v.on_tick(Instant::now())) {
@@ -312,7 +323,8 @@ impl Session {
         match request {
             Request::Submit(s) => {
                 let started = Instant::now();
-                self.on_submit(&id, s).await;
+                let span = tracing::debug_span!("submit", worker = %s.worker, job = %s.job_id);
+                self.on_submit(&id, s).instrument(span).await;
                 let elapsed = started.elapsed().as_secs_f64();
                 self.shared.stats.submit_latency.observe(elapsed);
             }
@@ -435,7 +447,7 @@ impl Session {
         self.out.extend(result_line(id, &result.to_string()));
         self.subscribed = true;
         if self.ready() {
-            self.send_work(Some(&work), true);
+            self.schedule_first_work(work_rx);
         }
     }
 
@@ -477,10 +489,23 @@ impl Session {
         self.workers.push(Authorized { name, stats });
         self.out.extend(result_line(id, "true"));
         if first && self.subscribed {
+            self.schedule_first_work(work_rx);
+        }
+    }
+
+    /// Send the first work now, or after `server.first_work_delay`.
+    fn schedule_first_work(
+        &mut self,
+        work_rx: &mut Option<tokio::sync::watch::Receiver<Option<Arc<Work>>>>,
+    ) {
+        let delay = self.shared.config().server.first_work_delay;
+        if delay.is_zero() {
             let work = work_rx
                 .as_mut()
                 .and_then(|rx| rx.borrow_and_update().clone());
             self.send_work(work.as_deref(), true);
+        } else {
+            self.first_work_at = Some(Instant::now() + delay);
         }
     }
 

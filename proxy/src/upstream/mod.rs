@@ -139,6 +139,8 @@ enum End {
 struct Pending {
     sent: Instant,
     verdict: Option<(mpsc::Sender<Verdict>, String)>,
+    /// Lives from the write to the pool's answer: the upstream round trip.
+    _span: tracing::Span,
 }
 
 struct Upstream {
@@ -434,7 +436,8 @@ impl Upstream {
                             let id = conn.next_id;
                             conn.next_id += 1;
                             write_submit(&mut batch, id, &name, &sub);
-                            pending.insert(id, Pending { sent: Instant::now(), verdict: sub.verdict });
+                            let span = tracing::debug_span!("upstream_submit", pool = %pool.name, job = %sub.job.upstream_id, id);
+                            pending.insert(id, Pending { sent: Instant::now(), verdict: sub.verdict, _span: span });
                             count += 1;
                         }
                         if count < 256 {

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Load benchmarks of the proxy, as reported in BENCHMARKS.md. Bounded in time; stops by itself.
+#   bench/run.sh [hold|throughput|api|all]
+# Builds release binaries, starts a MockPool (loka-bench --serve-pool) and the proxy on
+# 127.0.0.1, runs loka-bench against them, prints one JSON line per measurement.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/loka-stratum/target}"
+cargo build --release -q -p loka-proxy -p loka-sim
+B="$CARGO_TARGET_DIR/release/loka-bench"
+P="$CARGO_TARGET_DIR/release/loka-proxy"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+ulimit -n 20000 || true
+
+start_pool() { # $1 port $2 difficulty $3 job interval
+  "$B" --serve-pool "127.0.0.1:$1" --pool-difficulty "$2" --pool-job-interval "$3" --duration 900 >"$work/pool-$1.json" 2>/dev/null &
+  pids+=($!)
+  for _ in $(seq 50); do grep -q pool_addr "$work/pool-$1.json" 2>/dev/null && return; sleep 0.1; done
+  echo "pool did not start" >&2; exit 1
+}
+
+start_proxy() { # $1 pool port $2 miner difficulty $3 api(true/false)
+  cat >"$work/proxy.toml" <<T
+[server]
+bind_address = "127.0.0.1"
+port = 13333
+max_connections = 25000
+handshake_timeout = "120s"
+[api]
+enabled = $3
+bind_address = "127.0.0.1"
+port = 19090
+[rate_limiting]
+enabled = false
+[vardiff]
+enabled = false
+initial_difficulty = $2
+min_difficulty = $2
+[[pools]]
+name = "bench-pool"
+host = "127.0.0.1"
+port = $1
+username = "bench"
+password = "x"
+[logging]
+level = "warn"
+T
+  "$P" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+  proxy_pid=$!
+  pids+=($proxy_pid)
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/13333) 2>/dev/null && return; sleep 0.1; done
+  echo "proxy did not start" >&2; cat "$work/proxy.log" >&2; exit 1
+}
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+summary() { python3 - "$@" <<'PY'
+import json, sys
+label, path = sys.argv[1], sys.argv[2]
+d = json.load(open(path))
+keep = ["connections_established", "connect_errors", "duration_s", "submitted", "accepted", "accepted_per_sec", "rejected", "latency_us", "notify_fanout_ms", "errors"]
+print(json.dumps({"scenario": label, **{k: d.get(k) for k in keep if k in d}}))
+PY
+}
+
+hold() {
+  start_pool 13334 0.000000001 5
+  start_proxy 13334 0.000000001 false
+  local before; before=$(rss_kib "$proxy_pid")
+  "$B" --target 127.0.0.1:13333 --hold --connections 20000 --processes 2 --ramp 10 --duration 30 >"$work/hold.json" 2>/dev/null &
+  local b=$!
+  sleep 25
+  local during; during=$(rss_kib "$proxy_pid")
+  local conns; conns=$(ss -Htn state established '( sport = :13333 )' | wc -l)
+  wait "$b"
+  summary "hold-20k (fan-out per process of 10k)" "$work/hold.json"
+  python3 -c "import json; print(json.dumps({'scenario': 'memory', 'connections': $conns, 'rss_before_kib': $before, 'rss_with_connections_kib': $during, 'bytes_per_connection': round(($during-$before)*1024/max($conns,1))}))"
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+}
+
+throughput() {
+  start_pool 13335 0.000000001 30
+  # Baseline: straight to the pool.
+  "$B" --target 127.0.0.1:13335 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/direct.json" 2>/dev/null
+  summary "direct-to-pool 1000 conns @20k/s" "$work/direct.json"
+  start_proxy 13335 0.000000001 false
+  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/proxied.json" 2>/dev/null
+  summary "via-proxy 1000 conns @20k/s (every share validated and forwarded)" "$work/proxied.json"
+  "$B" --target 127.0.0.1:13333 --connections 2000 --rate 60000 --duration 15 --ramp 2 >"$work/max.json" 2>/dev/null
+  summary "via-proxy 2000 conns offered 60k/s (saturation)" "$work/max.json"
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+}
+
+api() {
+  start_pool 13336 0.000000001 5
+  start_proxy 13336 0.000000001 true
+  "$B" --target 127.0.0.1:13333 --connections 10000 --rate 5000 --duration 60 --ramp 10 >"$work/api-load.json" 2>/dev/null &
+  local b=$!
+  sleep 20
+  for path in /stats/workers /metrics/prometheus; do
+    python3 - "$path" <<'PY'
+import json, sys, time, urllib.request
+path = sys.argv[1]
+times = []
+size = 0
+for _ in range(100):
+    t = time.perf_counter()
+    with urllib.request.urlopen("http://127.0.0.1:19090" + path) as r:
+        size = len(r.read())
+    times.append((time.perf_counter() - t) * 1000)
+    time.sleep(0.05)
+times.sort()
+print(json.dumps({"scenario": "api " + path + " with 10k miners submitting 5k/s", "requests": len(times), "bytes": size,
+                  "p50_ms": round(times[49], 2), "p99_ms": round(times[98], 2), "max_ms": round(times[-1], 2)}))
+PY
+  done
+  wait "$b"
+  summary "10k miners @5k/s while the API was scraped" "$work/api-load.json"
+}
+
+case "${1:-all}" in
+  hold) hold ;;
+  throughput) throughput ;;
+  api) api ;;
+  all) hold; throughput; api ;;
+  *) echo "usage: $0 [hold|throughput|api|all]" >&2; exit 2 ;;
+esac
