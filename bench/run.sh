@@ -22,7 +22,9 @@ start_pool() { # $1 port $2 difficulty $3 job interval
   echo "pool did not start" >&2; exit 1
 }
 
-start_proxy() { # $1 pool port $2 miner difficulty $3 api(true/false)
+start_proxy() { # $1 pool port $2 miner difficulty $3 api(true/false) [$4 database URL: storage on]
+  local storage_on=false
+  [ -n "${4:-}" ] && storage_on=true
   cat >"$work/proxy.toml" <<T
 [server]
 bind_address = "127.0.0.1"
@@ -45,6 +47,10 @@ host = "127.0.0.1"
 port = $1
 username = "bench"
 password = "x"
+[storage]
+enabled = $storage_on
+database_url = "${4:-}"
+sqlite_path = "$work/loka.db"
 [logging]
 level = "warn"
 T
@@ -56,6 +62,18 @@ T
 }
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_per_share() { # $1 label $2 ticks before $3 ticks after $4 bench json
+  python3 - "$1" "$2" "$3" "$4" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+label, t0, t1, path, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+d = json.load(open(path))
+cpu_s = (t1 - t0) / hz
+shares = max(d["submitted"], 1)
+us = cpu_s * 1e6 / shares
+print(json.dumps({"scenario": label, "proxy_cpu_seconds": round(cpu_s, 2), "shares": shares, "proxy_cpu_us_per_share": round(us, 2), "projected_shares_per_sec_on_2_cores": round(2e6 / us)}))
+PY
+}
 
 summary() { python3 - "$@" <<'PY'
 import json, sys
@@ -66,17 +84,36 @@ print(json.dumps({"scenario": label, **{k: d.get(k) for k in keep if k in d}}))
 PY
 }
 
+notify_delay() { # quantiles of the proxy's own fan-out histogram (pool job in → notify written)
+  python3 - "$1" <<'PY'
+import json, sys, urllib.request
+label = sys.argv[1]
+m = json.load(urllib.request.urlopen("http://127.0.0.1:19090/metrics/json"))
+h = m["histograms"]["loka_stratum_notify_delay_seconds"]["all"]
+count = h["count"]
+b = sorted((float(k), v) for k, v in h["buckets"].items())
+def q(x):
+    rank = x * count
+    for bound, cum in b:
+        if cum >= rank:
+            return bound * 1000
+    return float("inf")
+print(json.dumps({"scenario": label, "notifies_written": count, "p50_ms_at_most": q(0.5), "p99_ms_at_most": q(0.99), "p100_ms_at_most": q(1.0)}))
+PY
+}
+
 hold() {
   start_pool 13334 0.000000001 5
-  start_proxy 13334 0.000000001 false
+  start_proxy 13334 0.000000001 true
   local before; before=$(rss_kib "$proxy_pid")
-  "$B" --target 127.0.0.1:13333 --hold --connections 20000 --processes 2 --ramp 10 --duration 30 >"$work/hold.json" 2>/dev/null &
+  "$B" --target 127.0.0.1:13333 --hold --connections 19900 --processes 2 --ramp 10 --duration 30 >"$work/hold.json" 2>/dev/null &
   local b=$!
   sleep 25
   local during; during=$(rss_kib "$proxy_pid")
   local conns; conns=$(ss -Htn state established '( sport = :13333 )' | wc -l)
+  notify_delay "proxy-side fan-out to $conns miners (bucket upper bounds)"
   wait "$b"
-  summary "hold-20k (fan-out per process of 10k)" "$work/hold.json"
+  summary "hold 19,900 (fan-out measured per process of 9,950)" "$work/hold.json"
   python3 -c "import json; print(json.dumps({'scenario': 'memory', 'connections': $conns, 'rss_before_kib': $before, 'rss_with_connections_kib': $during, 'bytes_per_connection': round(($during-$before)*1024/max($conns,1))}))"
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
@@ -87,10 +124,22 @@ throughput() {
   "$B" --target 127.0.0.1:13335 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/direct.json" 2>/dev/null
   summary "direct-to-pool 1000 conns @20k/s" "$work/direct.json"
   start_proxy 13335 0.000000001 false
+  local t0; t0=$(cpu_ticks "$proxy_pid")
   "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/proxied.json" 2>/dev/null
+  local t1; t1=$(cpu_ticks "$proxy_pid")
   summary "via-proxy 1000 conns @20k/s (every share validated and forwarded)" "$work/proxied.json"
+  cpu_per_share "proxy CPU at 20k/s, every share forwarded" "$t0" "$t1" "$work/proxied.json"
   "$B" --target 127.0.0.1:13333 --connections 2000 --rate 60000 --duration 15 --ramp 2 >"$work/max.json" 2>/dev/null
-  summary "via-proxy 2000 conns offered 60k/s (saturation)" "$work/max.json"
+  summary "via-proxy 2000 conns offered 60k/s (saturation, 3 processes on 2 cores)" "$work/max.json"
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  # Aggregate as deployed: the pool's difficulty is 1000× the miners', so ~0.1% is forwarded.
+  start_pool 13337 0.000001 30
+  start_proxy 13337 0.000000001 false
+  t0=$(cpu_ticks "$proxy_pid")
+  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/agg.json" 2>/dev/null
+  t1=$(cpu_ticks "$proxy_pid")
+  summary "via-proxy 1000 conns @20k/s, pool difficulty 1000x (0.1% forwarded)" "$work/agg.json"
+  cpu_per_share "proxy CPU at 20k/s, 0.1% forwarded" "$t0" "$t1" "$work/agg.json"
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 
@@ -121,10 +170,33 @@ PY
   summary "10k miners @5k/s while the API was scraped" "$work/api-load.json"
 }
 
+storage() { # Stratum latency with every share written to PostgreSQL versus storage off
+  eval "$(tests/pg.sh up)"
+  trap 'tests/pg.sh down "$LOKA_TEST_PG_DIR" >/dev/null 2>&1 || true; cleanup' EXIT
+  start_pool 13338 0.000001 30
+  start_proxy 13338 0.000000001 false
+  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/off.json" 2>/dev/null
+  summary "storage off: 1000 conns @20k/s" "$work/off.json"
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  start_proxy 13338 0.000000001 false "$LOKA_TEST_DATABASE_URL"
+  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/on.json" 2>/dev/null
+  summary "storage on (PostgreSQL, every share): 1000 conns @20k/s" "$work/on.json"
+  sleep 3
+  python3 - "$LOKA_TEST_DATABASE_URL" "$work/on.json" <<'PY'
+import json, subprocess, sys
+url, path = sys.argv[1], sys.argv[2]
+n = subprocess.run(["psql", url, "-tAc", "SELECT count(*) FROM submissions"], capture_output=True, text=True).stdout.strip()
+d = json.load(open(path))
+print(json.dumps({"scenario": "storage on: rows in submissions after the run", "rows": int(n or 0), "accepted_by_proxy": d["accepted"]}))
+PY
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+}
+
 case "${1:-all}" in
   hold) hold ;;
   throughput) throughput ;;
   api) api ;;
-  all) hold; throughput; api ;;
-  *) echo "usage: $0 [hold|throughput|api|all]" >&2; exit 2 ;;
+  storage) storage ;;
+  all) hold; throughput; api; storage ;;
+  *) echo "usage: $0 [hold|throughput|api|storage|all]" >&2; exit 2 ;;
 esac

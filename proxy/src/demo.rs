@@ -30,6 +30,9 @@ pub fn demo_config(
     cfg.vardiff.max_difficulty = Decimal::new(1, 2);
     cfg.vardiff.target_shares_per_minute = 30.0;
     cfg.vardiff.retarget_interval = Duration::from_secs(10);
+    // The embedded SQLite store unless a database URL was given.
+    cfg.storage.database_url = o.database_url.clone().unwrap_or_default();
+    cfg.storage.sqlite_path = ".loka-data/demo.db".into();
     cfg.pools = vec![PoolConfig {
         name: "local-sim".into(),
         host: pool_addr.ip().to_string(),
@@ -61,11 +64,26 @@ pub async fn run(o: &Overrides, miners: usize, seconds: u64) -> anyhow::Result<(
     let cfg = demo_config(o, pool.addr())?;
     let pools = resolve_pools(&cfg, |_| None).map_err(anyhow::Error::msg)?;
     let drain = cfg.server.drain_timeout;
-    let proxy = start(cfg, pools, None).await?;
+    if cfg.storage.database_url.is_empty() {
+        std::fs::create_dir_all(".loka-data")?;
+    }
+    let (store, events) = crate::proxy::start_storage(&cfg).await?;
+    let backend = if cfg.storage.database_url.is_empty() {
+        "SQLite .loka-data/demo.db"
+    } else {
+        "PostgreSQL"
+    };
+    let proxy = start(cfg, pools, Some(events)).await?;
+    proxy.set_store_probe(store.clone());
     println!(
-        "proxy: Stratum on {} (mode {})",
+        "proxy: Stratum on {} (mode {}), shares stored in {backend}",
         proxy.stratum_addr, proxy.shared.mode
     );
+    if let Some(api) = proxy.api_addr {
+        println!(
+            "API: http://{api}/stats  http://{api}/stats/workers  http://{api}/metrics/prometheus  http://{api}/health"
+        );
+    }
     let handles: Vec<_> = (0..miners)
         .map(|i| {
             let mut m = MinerConfig::new(proxy.stratum_addr, format!("alice.rig{}", i + 1));
@@ -86,12 +104,13 @@ pub async fn run(o: &Overrides, miners: usize, seconds: u64) -> anyhow::Result<(
         let s = &proxy.shared.stats;
         let p = pool.stats();
         println!(
-            "[{:>4}s] miners {:>3} | shares submitted {:>6} accepted {:>6} rejected {:>4} | forwarded {:>5} → pool accepted {:>5} rejected {:>3} | jobs sent {:>5} | blocks {}",
+            "[{:>4}s] miners {:>3} | shares submitted {:>6} accepted {:>6} rejected {:>4} stored {:>6} | forwarded {:>5} → pool accepted {:>5} rejected {:>3} | jobs {:>4} | blocks {}",
             started.elapsed().as_secs(),
             s.connections_current.load(Relaxed),
             s.shares_submitted.load(Relaxed),
             s.shares_accepted.load(Relaxed),
             s.shares_rejected.load(Relaxed),
+            store.status().submissions_inserted,
             s.shares_forwarded.load(Relaxed),
             p.accepted,
             p.rejected_total(),
@@ -106,6 +125,11 @@ pub async fn run(o: &Overrides, miners: usize, seconds: u64) -> anyhow::Result<(
         h.stop();
     }
     let report = proxy.drain(drain).await;
-    println!("drained in {:?}; bye", report.elapsed);
+    let flushed = store.shutdown(drain).await;
+    let stored = store.store().count_submissions().await.unwrap_or(-1);
+    println!(
+        "drained in {:?}; {} share events flushed while stopping, {stored} submissions in the store; bye",
+        report.elapsed, flushed.written
+    );
     Ok(())
 }

@@ -2,21 +2,9 @@
 
 use anyhow::Context;
 use clap::Parser;
-use loka_config::{Config, LogFormat};
+use loka_config::Config;
 use loka_proxy::settings::{self, Cli, Command};
 use std::process::ExitCode;
-
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.logging.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match cfg.logging.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
-}
 
 fn load(cli: &Cli) -> Result<Config, ExitCode> {
     let text = match &cli.overrides.config {
@@ -51,6 +39,20 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Some(Command::HashPassword) => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err()
+                || line.trim_end_matches(['\r', '\n']).is_empty()
+            {
+                eprintln!("hash-password: give the password on standard input");
+                return ExitCode::from(64);
+            }
+            println!(
+                "{}",
+                loka_proxy::api::auth::hash_password(line.trim_end_matches(['\r', '\n']))
+            );
+            ExitCode::SUCCESS
+        }
         Some(Command::CheckConfig) => match load(&cli) {
             Ok(cfg) => {
                 print!("{}", settings::sanitized(&cfg).to_toml());
@@ -58,14 +60,47 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Some(Command::Earnings { ref action }) => {
+            let cfg = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime.block_on(async {
+                match loka_proxy::proxy::earnings(&cfg, action.clone()).await {
+                    Ok(out) => {
+                        println!("{out}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("earnings: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
         Some(Command::Run) | None => {
             let cfg = match load(&cli) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(&cfg);
+            let reload = cli
+                .overrides
+                .config
+                .clone()
+                .map(|path| loka_proxy::api::ReloadSource {
+                    path,
+                    overrides: cli.overrides.clone(),
+                });
             runtime.block_on(async {
-                match run(cfg).await {
+                // The OTLP exporter (if any) starts inside the runtime.
+                let _telemetry = match loka_proxy::telemetry::init(&cfg) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        eprintln!("telemetry: {e:#}");
+                        return ExitCode::from(64);
+                    }
+                };
+                match run(cfg, reload).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!("{e:#}");
@@ -77,17 +112,43 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, reload: Option<loka_proxy::api::ReloadSource>) -> anyhow::Result<()> {
     let pools = loka_proxy::proxy::resolve_pools(&cfg, |var| std::env::var(var).ok())
         .map_err(anyhow::Error::msg)?;
     let drain_timeout = cfg.server.drain_timeout;
-    let proxy = loka_proxy::proxy::start(cfg, pools, None)
+    let storage = if cfg.storage.enabled {
+        Some(loka_proxy::proxy::start_storage(&cfg).await?)
+    } else {
+        None
+    };
+    let events = storage.as_ref().map(|(_, tx)| tx.clone());
+    let proxy = loka_proxy::proxy::start(cfg, pools, events)
         .await
         .context("starting the proxy")?;
+    if let Some((store, _)) = &storage {
+        proxy.set_store_probe(store.clone());
+    }
+    if let Some(source) = reload {
+        proxy.set_reload_source(source);
+    }
     shutdown_signal().await;
     tracing::info!(?drain_timeout, "SIGTERM: draining");
     let report = proxy.drain(drain_timeout).await;
     tracing::info!(sessions_left = report.sessions_left, elapsed = ?report.elapsed, "drained");
+    if let Some((store, tx)) = storage {
+        drop(tx);
+        // What is left of the drain deadline (at least a second) to flush the shares.
+        let left = drain_timeout
+            .saturating_sub(report.elapsed)
+            .max(std::time::Duration::from_secs(1));
+        let r = store.shutdown(left).await;
+        tracing::info!(
+            written = r.written,
+            spool_bytes = r.spool_bytes,
+            lost = r.records_lost,
+            "share store stopped"
+        );
+    }
     Ok(())
 }
 

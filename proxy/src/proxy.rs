@@ -19,6 +19,9 @@ use tokio_util::task::TaskTracker;
 /// A running proxy.
 pub struct ProxyHandle {
     pub stratum_addr: SocketAddr,
+    /// The HTTP API's address, when `api.enabled`.
+    pub api_addr: Option<SocketAddr>,
+    pub api: Option<Arc<crate::api::ApiState>>,
     pub shared: Arc<Shared>,
     tracker: TaskTracker,
     accept: JoinHandle<()>,
@@ -104,10 +107,27 @@ pub async fn start(
     )
     .map_err(anyhow::Error::msg)?;
     let tracker = TaskTracker::new();
+    let (api, api_addr) = if shared.config().api.enabled {
+        let cfg = shared.config();
+        let addr = format!("{}:{}", cfg.api.bind_address, cfg.api.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("bind HTTP API on {addr}"))?;
+        let api_addr = listener.local_addr()?;
+        let state = crate::api::state(shared.clone(), settings_pools(&shared), shutdown.clone())
+            .map_err(anyhow::Error::msg)?;
+        tokio::spawn(crate::api::serve(listener, state.clone(), shutdown.clone()));
+        tracing::info!(%api_addr, "HTTP API up");
+        (Some(state), Some(api_addr))
+    } else {
+        (None, None)
+    };
     let accept = tokio::spawn(serve(listener, shared.clone(), tracker.clone()));
     tracing::info!(%stratum_addr, mode = %shared.mode, "Stratum listener up");
     Ok(ProxyHandle {
         stratum_addr,
+        api_addr,
+        api,
         shared,
         tracker,
         accept,
@@ -115,7 +135,25 @@ pub async fn start(
     })
 }
 
+fn settings_pools(shared: &Shared) -> Vec<PoolEndpoint> {
+    shared.upstream_settings().pools
+}
+
 impl ProxyHandle {
+    /// Let the API report on share storage (`/health/database`, readiness, queue depth).
+    pub fn set_store_probe(&self, probe: Arc<dyn crate::api::StoreProbe>) {
+        if let Some(api) = &self.api {
+            let _ = api.store.set(probe);
+        }
+    }
+
+    /// Enable `POST /config/reload` from this file (with the same command-line overrides).
+    pub fn set_reload_source(&self, source: crate::api::ReloadSource) {
+        if let Some(api) = &self.api {
+            let _ = api.reload.set(source);
+        }
+    }
+
     /// Stop accepting, tell miners to reconnect, and wait for sessions to end (up to
     /// `deadline`); then stop the upstream side.
     pub async fn drain(self, deadline: Duration) -> DrainReport {
@@ -131,4 +169,139 @@ impl ProxyHandle {
             elapsed: started.elapsed(),
         }
     }
+}
+
+/// Open the share store and start its writer; returns the handle (status, health, shutdown)
+/// and the sender to give [`start`]. The database may be down: the writer then spools until
+/// it is reachable (migrations are retried before the first write).
+pub async fn start_storage(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<loka_store::StoreHandle>, mpsc::Sender<Event>)> {
+    use loka_store::{PoolInfo, Store, WriterOptions, spawn_writer};
+    let s = &cfg.storage;
+    let store = Store::connect_lazy(s).context("storage.database_url")?;
+    let pools: Vec<PoolInfo> = cfg.pools.iter().map(PoolInfo::from).collect();
+    // Migrate and record the pools now if the database answers; otherwise the writer does it.
+    let prepare = async {
+        if s.run_migrations {
+            store.migrate().await?;
+        }
+        store.upsert_pools(&pools).await
+    };
+    // Bounded: a dead database must not hold up mining (the writer retries in the background).
+    match tokio::time::timeout(Duration::from_secs(3), prepare).await {
+        Ok(Ok(())) => {
+            let m = store.migration_status().await.ok();
+            tracing::info!(backend = ?store.backend(), migrations = ?m, "share store ready");
+        }
+        Ok(Err(e)) if !e.is_transient() => {
+            return Err(anyhow::Error::new(e).context("preparing the share store"));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "share store unreachable at start; spooling until it is back")
+        }
+        Err(_) => tracing::warn!("share store slow at start; spooling until it answers"),
+    }
+    let (tx, rx) = mpsc::channel(s.queue_capacity);
+    let handle = spawn_writer(
+        store,
+        rx,
+        WriterOptions::from_config(s, &pools),
+        s.queue_capacity,
+    )
+    .with_context(|| format!("opening the spool in {}", s.spool_path().display()))?;
+    Ok((Arc::new(handle), tx))
+}
+
+/// `loka-proxy earnings …`: record and distribute earnings; prints JSON.
+pub async fn earnings(
+    cfg: &Config,
+    cmd: crate::settings::EarningsCommand,
+) -> anyhow::Result<String> {
+    use crate::settings::EarningsCommand as C;
+    use loka_store::accounting::{EarningStatus, Method, NewEarning};
+    use loka_store::{PoolInfo, Store};
+    let store = Store::open(&cfg.storage)
+        .await
+        .context("opening the share store")?;
+    let pools: Vec<PoolInfo> = cfg.pools.iter().map(PoolInfo::from).collect();
+    store.upsert_pools(&pools).await?;
+    let parse_time = |s: &Option<String>| -> anyhow::Result<_> {
+        s.as_deref()
+            .map(|t| {
+                loka_store::chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|d| d.to_utc())
+                    .with_context(|| format!("{t:?} is not an RFC 3339 time"))
+            })
+            .transpose()
+    };
+    let method = |name: &str,
+                  window: Option<rust_decimal::Decimal>,
+                  since: Option<_>|
+     -> anyhow::Result<Method> {
+        match name {
+            "proportional" => Ok(Method::Proportional { since }),
+            "pplns" => Ok(Method::Pplns {
+                window: window.context("--window (total difficulty) is required with pplns")?,
+            }),
+            o => anyhow::bail!("{o:?} is not a method (proportional, pplns)"),
+        }
+    };
+    let out = match cmd {
+        C::Add {
+            pool,
+            amount,
+            fee,
+            tx,
+            block_hash,
+            block_height,
+            status,
+            earned_at,
+            distribute,
+            window,
+        } => {
+            let e = NewEarning {
+                pool,
+                amount_btc: amount,
+                fee_btc: fee,
+                transaction_hash: tx,
+                block_hash,
+                block_height,
+                status: status
+                    .parse::<EarningStatus>()
+                    .map_err(anyhow::Error::msg)?,
+                earned_at: parse_time(&earned_at)?,
+            };
+            let id = store.add_earning(&e).await?;
+            match distribute {
+                Some(m) => {
+                    let d = store.distribute(id, &method(&m, window, None)?).await?;
+                    serde_json::to_string_pretty(&d)?
+                }
+                None => serde_json::to_string_pretty(&store.earning(id).await?)?,
+            }
+        }
+        C::Distribute {
+            earning,
+            method: m,
+            window,
+            since,
+            dry_run,
+        } => {
+            let id: loka_store::uuid::Uuid = earning
+                .parse()
+                .with_context(|| format!("{earning:?} is not an earning id"))?;
+            let how = method(&m, window, parse_time(&since)?)?;
+            let d = if dry_run {
+                store.preview_distribution(id, &how).await?
+            } else {
+                store.distribute(id, &how).await?
+            };
+            serde_json::to_string_pretty(&d)?
+        }
+        C::List { limit } => serde_json::to_string_pretty(&store.earnings(limit).await?)?,
+        C::Summary => serde_json::to_string_pretty(&store.miner_earnings_summary().await?)?,
+    };
+    store.close().await;
+    Ok(out)
 }

@@ -104,6 +104,8 @@ pub struct Session {
     close: Option<Close>,
     /// When the first work goes out (a moment after the authorize reply).
     first_work_at: Option<Instant>,
+    /// When the pool's job behind the notify being written arrived (fan-out delay).
+    notify_received_at: Option<Instant>,
 }
 
 impl Session {
@@ -139,6 +141,7 @@ impl Session {
             out: Vec::with_capacity(256),
             close: None,
             first_work_at: None,
+            notify_received_at: None,
         }
     }
 
@@ -231,7 +234,14 @@ impl Session {
             }
             if !self.out.is_empty() {
                 match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&self.out)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        if let Some(t) = self.notify_received_at.take() {
+                            self.shared
+                                .stats
+                                .notify_delay
+                                .observe(t.elapsed().as_secs_f64());
+                        }
+                    }
                     Ok(Err(e)) => self.close = Some(Close::Io(e.to_string())),
                     Err(_) => self.close = Some(Close::Io("write timed out".into())),
                 }
@@ -267,12 +277,21 @@ impl Session {
         for w in &self.workers {
             w.stats.connections.fetch_sub(1, Relaxed);
         }
-        self.shared
-            .emit(Event::Connection(ConnectionEvent::Disconnected {
-                connection_id: self.id,
-                worker: self.workers.first().map(|w| w.name.clone()),
-                reason: reason.to_string(),
-            }));
+        let at = SystemTime::now();
+        let workers: Vec<Option<Arc<str>>> = if self.workers.is_empty() {
+            vec![None]
+        } else {
+            self.workers.iter().map(|w| Some(w.name.clone())).collect()
+        };
+        for worker in workers {
+            self.shared
+                .emit(Event::Connection(ConnectionEvent::Disconnected {
+                    at,
+                    connection_id: self.id,
+                    worker,
+                    reason: reason.to_string(),
+                }));
+        }
     }
 
     /// Handle one line from the miner.
@@ -474,10 +493,16 @@ impl Session {
         stats.touch();
         stats.set_difficulty(self.difficulty.to_f64());
         let name: Arc<str> = Arc::from(username.as_str());
+        let pool = work_rx
+            .as_ref()
+            .and_then(|rx| rx.borrow().as_ref().map(|w| w.pool.clone()))
+            .unwrap_or_else(|| Arc::from(""));
         self.shared
             .emit(Event::Connection(ConnectionEvent::Authorized {
+                at: SystemTime::now(),
                 connection_id: self.id,
                 worker: name.clone(),
+                pool,
                 user_agent: self.user_agent.clone(),
                 remote: self.peer,
             }));
@@ -639,6 +664,9 @@ impl Session {
         self.out.extend_from_slice(line);
         self.last_job_seq = job.seq;
         self.shared.stats.jobs_distributed.fetch_add(1, Relaxed);
+        if !first {
+            self.notify_received_at = Some(job.received_at);
+        }
     }
 
     /// Vardiff moved: tell the miner now; it applies from the next job. Jobs already sent
@@ -767,25 +795,15 @@ impl Session {
         let block = share.meets(&job.network_target);
         let forward = block || share.meets(&job.upstream_target);
         let mut event = self.shared.events_enabled().then(|| ShareEvent {
-            at: SystemTime::now(),
-            connection_id: self.id,
-            worker: worker_name.clone(),
-            pool: pool.clone(),
-            job_id: job.id.clone(),
-            extranonce1: hex::encode(&self.extranonce1),
-            extranonce2: hex::encode(&submit.extranonce2),
-            ntime: format!("{:08x}", submit.ntime),
-            nonce: format!("{:08x}", submit.nonce),
+            // The header's version, whatever bits the miner rolled.
             version: submit
                 .version_bits
                 .map(|_| format!("{:08x}", share.version)),
-            accepted: true,
-            reject_reason: None,
-            difficulty: difficulty.as_decimal(),
             hash_difficulty: hash_difficulty(&share.hash),
             block_candidate: block,
             block_hash: block.then(|| hash_to_display_hex(&share.hash)),
             forwarded: forward,
+            ..self.share_event(&worker_name, &pool, &submit, difficulty, None)
         });
         if block {
             stats.block_candidates.fetch_add(1, Relaxed);
@@ -876,6 +894,36 @@ impl Session {
         }
     }
 
+    /// The event for a judged share as submitted; an acceptance adds what the hash showed.
+    fn share_event(
+        &self,
+        worker: &Arc<str>,
+        pool: &Arc<str>,
+        submit: &Submit,
+        difficulty: Difficulty,
+        reject: Option<&'static str>,
+    ) -> ShareEvent {
+        ShareEvent {
+            at: SystemTime::now(),
+            connection_id: self.id,
+            worker: worker.clone(),
+            pool: pool.clone(),
+            job_id: submit.job_id.clone(),
+            extranonce1: hex::encode(&self.extranonce1),
+            extranonce2: hex::encode(&submit.extranonce2),
+            ntime: format!("{:08x}", submit.ntime),
+            nonce: format!("{:08x}", submit.nonce),
+            version: submit.version_bits.map(|v| format!("{v:08x}")),
+            accepted: reject.is_none(),
+            reject_reason: reject,
+            difficulty: difficulty.as_decimal(),
+            hash_difficulty: 0.0,
+            block_candidate: false,
+            block_hash: None,
+            forwarded: false,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn reject(
         &mut self,
@@ -892,25 +940,14 @@ impl Session {
         self.out.extend(error_line(id, "false", err));
         if self.shared.events_enabled() {
             let difficulty = job.map_or(self.difficulty, |j| self.difficulty_for(j));
-            self.shared.emit(Event::Share(ShareEvent {
-                at: SystemTime::now(),
-                connection_id: self.id,
-                worker: worker_name.clone(),
-                pool: pool.clone(),
-                job_id: submit.job_id.clone(),
-                extranonce1: hex::encode(&self.extranonce1),
-                extranonce2: hex::encode(&submit.extranonce2),
-                ntime: format!("{:08x}", submit.ntime),
-                nonce: format!("{:08x}", submit.nonce),
-                version: submit.version_bits.map(|v| format!("{v:08x}")),
-                accepted: false,
-                reject_reason: Some(err.code.reason()),
-                difficulty: difficulty.as_decimal(),
-                hash_difficulty: 0.0,
-                block_candidate: false,
-                block_hash: None,
-                forwarded: false,
-            }));
+            let event = self.share_event(
+                worker_name,
+                pool,
+                submit,
+                difficulty,
+                Some(err.code.reason()),
+            );
+            self.shared.emit(Event::Share(event));
         }
     }
 }

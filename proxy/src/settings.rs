@@ -34,6 +34,73 @@ pub enum Command {
     },
     /// Validate the configuration and print it (passwords hidden), then exit.
     CheckConfig,
+    /// Read a password on standard input and print its Argon2id hash for `admin.password_hash`.
+    HashPassword,
+    /// Earnings (blocks found, pool payouts) and their distribution to miners, in the
+    /// configured share store. Prints JSON.
+    Earnings {
+        #[command(subcommand)]
+        action: EarningsCommand,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EarningsCommand {
+    /// Record an earning.
+    Add {
+        /// The pool's name, as configured (`[[pools]] name`).
+        #[arg(long = "pool-name")]
+        pool: String,
+        /// Amount in BTC (at most 8 decimals), e.g. 3.125
+        #[arg(long)]
+        amount: rust_decimal::Decimal,
+        /// Fee in BTC, taken off before distribution.
+        #[arg(long, default_value = "0")]
+        fee: rust_decimal::Decimal,
+        /// Transaction hash (64 hex digits).
+        #[arg(long)]
+        tx: Option<String>,
+        #[arg(long)]
+        block_hash: Option<String>,
+        #[arg(long)]
+        block_height: Option<i32>,
+        /// pending, confirmed or failed.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        /// When it was earned (RFC 3339; default now). Closes the distribution window.
+        #[arg(long)]
+        earned_at: Option<String>,
+        /// Distribute it right away: proportional or pplns.
+        #[arg(long)]
+        distribute: Option<String>,
+        /// PPLNS window, in total difficulty of accepted shares.
+        #[arg(long)]
+        window: Option<rust_decimal::Decimal>,
+    },
+    /// Split a recorded earning over the miners' accepted shares (once).
+    Distribute {
+        /// The earning's id.
+        earning: String,
+        /// proportional (shares since the pool's previous earning) or pplns.
+        #[arg(long, default_value = "proportional")]
+        method: String,
+        /// PPLNS window, in total difficulty of accepted shares.
+        #[arg(long)]
+        window: Option<rust_decimal::Decimal>,
+        /// Proportional: start of the window (RFC 3339) instead of the previous earning.
+        #[arg(long)]
+        since: Option<String>,
+        /// Compute and print, record nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Recent earnings, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Per-miner earnings summary (the seed's "Get Miner Earnings Summary").
+    Summary,
 }
 
 /// Settings that override the configuration file.
@@ -260,5 +327,66 @@ mod tests {
         assert_eq!(cli.overrides.port, Some(1));
         assert!(matches!(cli.command, Some(Command::Demo { miners: 2, .. })));
         assert!(Cli::try_parse_from(["loka-proxy", "--mode", "relay"]).is_err());
+    }
+
+    #[test]
+    fn earnings_subcommands_parse() {
+        let cli = Cli::try_parse_from([
+            "loka-proxy",
+            "earnings",
+            "add",
+            "--pool-name",
+            "main",
+            "--amount",
+            "3.125",
+            "--distribute",
+            "pplns",
+            "--window",
+            "1000000",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Earnings {
+                action: EarningsCommand::Add { amount, window, .. },
+            }) => {
+                assert_eq!(amount.to_string(), "3.125");
+                assert_eq!(window.map(|w| w.to_string()).as_deref(), Some("1000000"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from([
+                "loka-proxy",
+                "earnings",
+                "add",
+                "--pool",
+                "p",
+                "--amount",
+                "x"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["loka-proxy", "earnings", "distribute", "abc", "--dry-run"])
+                .is_ok()
+        );
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let cfg = super::build(
+            Some(include_str!("../proxy.example.toml")),
+            &super::Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.pools.len(), 2);
+        let defaults = loka_config::Config {
+            pools: cfg.pools.clone(),
+            ..Default::default()
+        };
+        assert_eq!(cfg, defaults, "the example shows the defaults");
     }
 }

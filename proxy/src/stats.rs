@@ -35,6 +35,8 @@ pub struct Stats {
     pub submit_latency: Histogram,
     /// Difficulty of accepted shares (the credit each earned).
     pub share_difficulty: Histogram,
+    /// From a pool job arriving to its notify written to a miner, in seconds (fan-out).
+    pub notify_delay: Histogram,
     workers: Mutex<HashMap<String, Arc<WorkerStats>>>,
 }
 
@@ -58,6 +60,11 @@ pub struct WorkerStats {
 pub const SUBMIT_LATENCY_BUCKETS: [f64; 14] = [
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
     0.25, 1.0,
+];
+
+/// Buckets of the notify fan-out histogram (seconds): 100 µs … 5 s.
+pub const NOTIFY_DELAY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
 pub fn unix_ms() -> u64 {
@@ -88,6 +95,7 @@ impl Default for Stats {
             bytes_received: AtomicU64::new(0),
             submit_latency: Histogram::new(SUBMIT_LATENCY_BUCKETS.to_vec()),
             share_difficulty: Histogram::new((0..16).map(|i| 1e-9 * 16f64.powi(i)).collect()),
+            notify_delay: Histogram::new(NOTIFY_DELAY_BUCKETS.to_vec()),
             workers: Mutex::new(HashMap::new()),
         }
     }

@@ -5,6 +5,9 @@
 //! [`Config::to_toml`], so what the operator writes is, by construction, what the proxy reads.
 //! [`Config::validate`] reports every problem at once, each naming its field.
 
+mod api;
+
+pub use api::{AdminConfig, EndpointLimit, MetricsConfig, RateLimitConfig, TelemetryConfig};
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,10 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     pub storage: StorageConfig,
     pub logging: LoggingConfig,
+    pub admin: AdminConfig,
+    pub rate_limiting: RateLimitConfig,
+    pub metrics: MetricsConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// The Stratum listener and its limits.
@@ -46,6 +53,11 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub idle_timeout: Duration,
+    /// Pause between the authorize reply and the first `set_difficulty`/`notify`, so simple
+    /// clients that read one reply per request (the seed's examples) get it alone. 0 = none.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub first_work_delay: Duration,
     /// On SIGTERM: how long miners are given to move away and shares to be flushed.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -172,12 +184,108 @@ pub struct PoolConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Record shares and connections (off: events are only counted).
+    pub enabled: bool,
     /// `postgres://…` or `sqlite://…`; empty = embedded SQLite at `sqlite_path`.
     pub database_url: String,
     pub sqlite_path: String,
+    /// Apply pending migrations at start-up (off: the schema must already be current).
     pub run_migrations: bool,
     /// Capacity of the queue between the Stratum path and the writer.
     pub queue_capacity: usize,
+    /// Directory of the local spool that holds events while the database is unreachable
+    /// (empty = `loka-spool` beside `sqlite_path`).
+    pub spool_dir: String,
+    /// When spooled events are forced to disk: `always` (each batch), `interval`, `never`
+    /// (left to the OS; survives a process crash, not a power loss).
+    pub fsync: FsyncPolicy,
+    /// With `fsync = "interval"`: at most this much spooled data can be lost on power loss.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub fsync_interval: Duration,
+    /// Most rows written to the database in one batch.
+    pub batch_size: usize,
+    /// A partial batch is written after waiting this long.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub flush_interval: Duration,
+    /// A batch not written within this time counts as failed and goes to the spool.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub write_timeout: Duration,
+    /// Database connections held by the proxy.
+    pub max_connections: u32,
+    /// PostgreSQL: monthly `submissions` partitions created ahead of the current month.
+    pub partitions_ahead: u32,
+    /// Months of submissions kept before the current one (older partitions are dropped;
+    /// SQLite: rows deleted). 0 = keep everything.
+    pub retention_months: u32,
+    /// Size at which the spool starts a new segment file.
+    pub spool_segment_bytes: u64,
+}
+
+/// When the spool calls fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    Always,
+    Interval,
+    Never,
+}
+
+impl StorageConfig {
+    /// The spool directory: `spool_dir`, or `loka-spool` beside the SQLite file.
+    pub fn spool_path(&self) -> std::path::PathBuf {
+        if !self.spool_dir.is_empty() {
+            return self.spool_dir.clone().into();
+        }
+        let db = std::path::Path::new(&self.sqlite_path);
+        match db.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join("loka-spool"),
+            _ => "loka-spool".into(),
+        }
+    }
+
+    fn validate_into(&self, e: &mut Vec<String>) {
+        if self.queue_capacity == 0 {
+            e.push("storage.queue_capacity: must be at least 1".into());
+        }
+        let url = &self.database_url;
+        let known = ["postgres://", "postgresql://", "sqlite:"];
+        if !url.is_empty() && !known.iter().any(|p| url.starts_with(p)) {
+            e.push(
+                "storage.database_url: must start with postgres://, postgresql:// or sqlite:"
+                    .into(),
+            );
+        }
+        if url.is_empty() && self.sqlite_path.trim().is_empty() {
+            e.push("storage.sqlite_path: must not be empty when storage.database_url is".into());
+        }
+        if !(1..=100_000).contains(&self.batch_size) {
+            e.push(format!(
+                "storage.batch_size: {} is outside 1..=100000",
+                self.batch_size
+            ));
+        }
+        for (name, d) in [
+            ("storage.flush_interval", self.flush_interval),
+            ("storage.write_timeout", self.write_timeout),
+            ("storage.fsync_interval", self.fsync_interval),
+        ] {
+            if d.is_zero() {
+                e.push(format!("{name}: must be greater than zero"));
+            }
+        }
+        if self.max_connections == 0 {
+            e.push("storage.max_connections: must be at least 1".into());
+        }
+        if self.partitions_ahead > 24 {
+            e.push("storage.partitions_ahead: must be 0..=24".into());
+        }
+        if self.spool_segment_bytes < 64 * 1024 {
+            e.push("storage.spool_segment_bytes: must be at least 65536".into());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -205,6 +313,7 @@ impl Default for ServerConfig {
             max_line_bytes: 16 * 1024,
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            first_work_delay: Duration::from_millis(20),
             drain_timeout: Duration::from_secs(20),
         }
     }
@@ -266,10 +375,21 @@ impl Default for UpstreamConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             database_url: String::new(),
             sqlite_path: "loka.db".into(),
             run_migrations: true,
             queue_capacity: 65_536,
+            spool_dir: String::new(),
+            fsync: FsyncPolicy::Interval,
+            fsync_interval: Duration::from_secs(1),
+            batch_size: 5_000,
+            flush_interval: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 4,
+            partitions_ahead: 2,
+            retention_months: 0,
+            spool_segment_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -453,20 +573,17 @@ impl Config {
                 ));
             }
         }
-        if self.storage.queue_capacity == 0 {
-            e.push("storage.queue_capacity: must be at least 1".into());
-        }
-        let url = &self.storage.database_url;
-        let known = ["postgres://", "postgresql://", "sqlite:"];
-        if !url.is_empty() && !known.iter().any(|p| url.starts_with(p)) {
-            e.push(
-                "storage.database_url: must start with postgres://, postgresql:// or sqlite:"
-                    .into(),
-            );
-        }
+        self.storage.validate_into(&mut e);
         if self.logging.level.trim().is_empty() {
             e.push("logging.level: must not be empty".into());
         }
+        api::validate(
+            &self.admin,
+            &self.rate_limiting,
+            &self.metrics,
+            &self.telemetry,
+            &mut e,
+        );
         if e.is_empty() {
             Ok(())
         } else {
@@ -499,3 +616,68 @@ pub fn parse_pool_url(url: &str) -> Result<(String, u16), String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    #[test]
+    fn storage_defaults_validate_and_round_trip() {
+        let s = StorageConfig::default();
+        let mut e = Vec::new();
+        s.validate_into(&mut e);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(s.fsync, FsyncPolicy::Interval);
+        assert_eq!(s.spool_path(), std::path::PathBuf::from("loka-spool"));
+        let cfg = Config::from_toml(
+            "[storage]\nsqlite_path = '/data/loka.db'\nfsync = 'always'\nflush_interval = '250ms'\nretention_months = 6\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.storage.fsync, FsyncPolicy::Always);
+        assert_eq!(cfg.storage.flush_interval, Duration::from_millis(250));
+        assert_eq!(cfg.storage.retention_months, 6);
+        assert_eq!(
+            cfg.storage.spool_path(),
+            std::path::PathBuf::from("/data/loka-spool")
+        );
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
+        assert!(Config::from_toml("[storage]\nfsync = 'sometimes'\n").is_err());
+    }
+
+    #[test]
+    fn storage_validation_names_every_bad_field() {
+        let s = StorageConfig {
+            database_url: "mysql://x".into(),
+            queue_capacity: 0,
+            batch_size: 0,
+            flush_interval: Duration::ZERO,
+            write_timeout: Duration::ZERO,
+            fsync_interval: Duration::ZERO,
+            max_connections: 0,
+            partitions_ahead: 99,
+            spool_segment_bytes: 10,
+            ..StorageConfig::default()
+        };
+        let mut e = Vec::new();
+        s.validate_into(&mut e);
+        let all = e.join("\n");
+        for field in [
+            "storage.database_url",
+            "storage.queue_capacity",
+            "storage.batch_size",
+            "storage.flush_interval",
+            "storage.write_timeout",
+            "storage.fsync_interval",
+            "storage.max_connections",
+            "storage.partitions_ahead",
+            "storage.spool_segment_bytes",
+        ] {
+            assert!(all.contains(field), "{field} missing from {all}");
+        }
+        let s = StorageConfig {
+            spool_dir: "/var/spool/loka".into(),
+            ..StorageConfig::default()
+        };
+        assert_eq!(s.spool_path(), std::path::PathBuf::from("/var/spool/loka"));
+    }
+}

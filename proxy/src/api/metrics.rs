@@ -264,6 +264,11 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
             vec![(vec![], store.queue_depth() as f64)],
         ));
         gauges.push((
+            "loka_stratum_store_spool_bytes",
+            "Bytes of share events held in the local spool",
+            vec![(vec![], store.spool_bytes() as f64)],
+        ));
+        gauges.push((
             "loka_stratum_store_ready",
             "1 when share storage is usable",
             vec![(vec![], if store.ready() { 1.0 } else { 0.0 })],
@@ -281,6 +286,12 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
             "Difficulty of accepted shares",
             vec![],
             s.share_difficulty.snapshot(),
+        ),
+        (
+            "loka_stratum_notify_delay_seconds",
+            "From a pool job arriving to its notify written to a miner (fan-out)",
+            vec![],
+            s.notify_delay.snapshot(),
         ),
     ];
     Snapshot {

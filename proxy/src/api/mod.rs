@@ -34,14 +34,40 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What the API needs to know about the share store (implemented by the storage wiring).
+/// What the API needs to know about the share store (implemented for `loka_store::StoreHandle`).
 pub trait StoreProbe: Send + Sync + 'static {
     /// Usable: writes succeed, or the spool takes them without loss.
     fn ready(&self) -> bool;
+    /// The database itself answers (else shares are going to the spool).
+    fn database_up(&self) -> bool;
     /// Body of `/health/database` (the seed's shape).
-    fn health(&self) -> Value;
-    /// Events waiting in the writer's queue and spool.
+    fn health(&self) -> futures::future::BoxFuture<'_, Value>;
+    /// Events waiting in the writer's queue (not yet in the database or the spool).
     fn queue_depth(&self) -> u64;
+    /// Bytes held in the spool.
+    fn spool_bytes(&self) -> u64;
+}
+
+impl StoreProbe for loka_store::StoreHandle {
+    fn ready(&self) -> bool {
+        let s = self.status();
+        s.db_up || (s.spool_errors == 0 && s.records_lost == 0)
+    }
+    fn database_up(&self) -> bool {
+        self.status().db_up
+    }
+    fn health(&self) -> futures::future::BoxFuture<'_, Value> {
+        Box::pin(async move {
+            serde_json::to_value(loka_store::StoreHandle::health(self).await).unwrap_or(Value::Null)
+        })
+    }
+    fn queue_depth(&self) -> u64 {
+        let s = self.status();
+        s.queue_depth + s.pending
+    }
+    fn spool_bytes(&self) -> u64 {
+        self.status().spool_bytes
+    }
 }
 
 /// Where `POST /config/reload` reads from.
@@ -209,10 +235,13 @@ impl ApiState {
         }
     }
 
+    /// (status for `/health`, usable). A database that is down while the spool takes the
+    /// shares is `degraded` but still usable: nothing is lost.
     fn store_state(&self) -> (&'static str, bool) {
         match self.store.get() {
             None => ("disabled", true),
-            Some(s) if s.ready() => ("healthy", true),
+            Some(s) if s.database_up() => ("healthy", true),
+            Some(s) if s.ready() => ("degraded", true),
             Some(_) => ("unhealthy", false),
         }
     }
@@ -322,7 +351,7 @@ async fn live() -> Json<Value> {
 async fn health_database(State(st): State<Arc<ApiState>>) -> Response {
     match st.store.get() {
         Some(s) => {
-            let body = s.health();
+            let body = s.health().await;
             let ok = s.ready();
             (
                 (if ok {
@@ -735,8 +764,13 @@ async fn admin_stats(
             },
         })
     });
+    let store = match st.store.get() {
+        Some(p) => Some(p.health().await),
+        None => None,
+    };
     let alloc = st.shared.allocator.lock();
     let body = json!({
+        "store": store,
         "mode": st.shared.mode.to_string(),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "rejects_by_code": {
@@ -747,8 +781,8 @@ async fn admin_stats(
         "events_dropped": s.events_dropped.load(Relaxed),
         "extranonce": {"prefix_size": alloc.size(), "in_use": alloc.in_use(), "capacity": alloc.capacity()},
         "upstream": upstream,
-        "store": st.store.get().map(|p| p.health()),
         "store_queue_depth": st.store.get().map(|p| p.queue_depth()),
+        "store_spool_bytes": st.store.get().map(|p| p.spool_bytes()),
     });
     Ok(Json(body))
 }

@@ -92,6 +92,7 @@ pub fn event_json(e: &Event, pool: &str) -> Value {
             connection_id,
             worker,
             reason,
+            ..
         }) => json!({
             "type": "connection_closed", "timestamp": now_rfc3339(),
             "data": {"connection_id": format!("conn_{connection_id}"), "worker_name": worker.as_deref(), "reason": reason, "pool": pool},

@@ -39,13 +39,19 @@ pub enum ConnectionEvent {
         connection_id: u64,
         remote: SocketAddr,
     },
+    /// A worker authorized on a connection, on the pool it mines for (empty when the proxy has
+    /// no upstream yet).
     Authorized {
+        at: SystemTime,
         connection_id: u64,
         worker: Arc<str>,
+        pool: Arc<str>,
         user_agent: Option<String>,
         remote: SocketAddr,
     },
+    /// A connection closed: one event per worker it had authorized (`None` when it had none).
     Disconnected {
+        at: SystemTime,
         connection_id: u64,
         worker: Option<Arc<str>>,
         reason: String,

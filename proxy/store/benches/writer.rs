@@ -1,0 +1,129 @@
+//! Sustained write rate of the storage writer into PostgreSQL.
+//!
+//! ```text
+//! eval "$(tests/pg.sh up)"
+//! CARGO_TARGET_DIR=/work/target-store cargo bench -p loka-store --bench writer
+//! ```
+//! `LOKA_BENCH_SQLITE=/tmp/bench.db` measures the embedded SQLite store instead.
+//! Env: LOKA_BENCH_SHARES (default 500000), LOKA_BENCH_WORKERS (default 1000),
+//! LOKA_BENCH_BATCH (storage.batch_size), LOKA_BENCH_CONNECTIONS (storage.max_connections;
+//! the writer runs max_connections / 2 batches at once).
+//! Events are built before the clock starts; the clock runs from the first event handed to
+//! the queue until the last row is committed.
+
+use loka_store::events::{Event, ShareEvent};
+use loka_store::{PoolInfo, Store, WriterOptions, spawn_writer};
+use rust_decimal::Decimal;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let sqlite = std::env::var("LOKA_BENCH_SQLITE").ok();
+    if sqlite.is_none() && std::env::var("LOKA_TEST_DATABASE_URL").is_err() {
+        eprintln!(
+            "writer bench: LOKA_TEST_DATABASE_URL is not set; run `eval \"$(tests/pg.sh up)\"` first"
+        );
+        return;
+    };
+    let shares: u32 = env_or("LOKA_BENCH_SHARES", 500_000);
+    let workers: u32 = env_or("LOKA_BENCH_WORKERS", 1_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let url = match &sqlite {
+            Some(_) => String::new(),
+            None => loka_store::testing::fresh_pg_database().await,
+        };
+        let spool = std::env::temp_dir().join(format!("loka-bench-spool-{}", std::process::id()));
+        let mut cfg = loka_store::testing::storage_config(&url, &spool);
+        cfg.batch_size = env_or("LOKA_BENCH_BATCH", cfg.batch_size as u32) as usize;
+        cfg.max_connections = env_or("LOKA_BENCH_CONNECTIONS", cfg.max_connections);
+        if let Some(path) = &sqlite {
+            let _ = std::fs::remove_file(path);
+            cfg.sqlite_path = path.clone();
+        }
+        let pools = vec![PoolInfo {
+            name: "main".into(),
+            host: "pool.example.com".into(),
+            port: 3333,
+            username: "farm".into(),
+        }];
+        let store = Store::open(&cfg).await.unwrap();
+        store.upsert_pools(&pools).await.unwrap();
+        let names: Vec<Arc<str>> = (0..workers)
+            .map(|i| Arc::from(format!("miner{}.rig{i}", i % 100).as_str()))
+            .collect();
+        let pool: Arc<str> = Arc::from("main");
+        let now = SystemTime::now();
+        let events: Vec<Event> = (0..shares)
+            .map(|i| {
+                Event::Share(ShareEvent {
+                    at: now + Duration::from_micros(u64::from(i)),
+                    connection_id: u64::from(i % workers),
+                    worker: names[(i % workers) as usize].clone(),
+                    pool: pool.clone(),
+                    job_id: format!("{:x}", i / 10_000),
+                    extranonce1: "0a0b0c0d".into(),
+                    extranonce2: format!("{i:016x}"),
+                    ntime: "665f1a2b".into(),
+                    nonce: format!("{:08x}", i.wrapping_mul(2_654_435_761)),
+                    version: Some("20000000".into()),
+                    accepted: i % 50 != 0,
+                    reject_reason: (i % 50 == 0).then_some("low_difficulty"),
+                    difficulty: Decimal::new(16384, 0),
+                    hash_difficulty: 20000.0,
+                    block_candidate: false,
+                    block_hash: None,
+                    forwarded: true,
+                })
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+        let handle = spawn_writer(
+            store.clone(),
+            rx,
+            WriterOptions::from_config(&cfg, &pools),
+            cfg.queue_capacity,
+        )
+        .unwrap();
+        let started = Instant::now();
+        for e in events {
+            tx.send(e).await.unwrap();
+        }
+        let sent = started.elapsed();
+        while handle.status().submissions_inserted < u64::from(shares) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = started.elapsed();
+        let s = handle.status();
+        handle.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(store.count_submissions().await.unwrap(), i64::from(shares));
+        println!(
+            "writer → {:?}: {shares} submissions from {workers} workers in {:.2} s = {:.0} rows/s \
+             (queue handed over in {:.2} s; {} batches, avg {:.1} ms, max {:.1} ms; spooled {})",
+            store.backend(),
+            took.as_secs_f64(),
+            f64::from(shares) / took.as_secs_f64(),
+            sent.as_secs_f64(),
+            s.batches_written,
+            s.batch_latency_avg_ms,
+            s.batch_latency_max_ms,
+            s.records_spooled,
+        );
+        let _ = std::fs::remove_dir_all(&spool);
+    });
+}
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

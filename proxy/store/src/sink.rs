@@ -1,0 +1,712 @@
+//! Writing one batch of records, in one transaction, idempotently.
+//!
+//! Order of work in a batch: resolve (upsert) the pools, miners and workers the batch names
+//! (ids are cached), apply connection lifecycle records in order, insert the shares with one
+//! multi-row statement (`INSERT … SELECT * FROM UNNEST(…) ON CONFLICT DO NOTHING` on
+//! PostgreSQL), then move `workers.last_activity` / `miners.last_seen` forward. Every step is
+//! idempotent and guarded by the records' own timestamps, so a batch written twice, or
+//! replayed from the spool after newer batches, leaves the same rows.
+//!
+//! A batch the database refuses for a reason other than being unreachable (a constraint, a
+//! value it will never take) is retried record by record; the records it still refuses are
+//! "dead letters": appended to `dead-letter.log` in the spool directory and counted, never
+//! retried forever.
+
+use crate::db::{Db, Store, sqlite_time, utc};
+use crate::record::{ConnectRecord, DisconnectRecord, Record, ShareRecord, miner_of};
+use crate::{Error, Result};
+use chrono::{DateTime, Datelike, Utc};
+use rust_decimal::Decimal;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// New `submissions` rows.
+    pub inserted: u64,
+    /// Shares already present (a replay).
+    pub duplicates: u64,
+    /// Connect/disconnect records applied.
+    pub lifecycle: u64,
+    /// Records the database will never take.
+    pub dead: Vec<String>,
+}
+
+/// Settings the sink needs besides the database.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    pub run_migrations: bool,
+    pub pools: Vec<crate::PoolInfo>,
+    pub partitions_ahead: u32,
+    pub retention_months: u32,
+    pub maintenance_every: Duration,
+}
+
+/// The database side of the writer: the connection pool and id caches.
+pub struct Sink {
+    store: Store,
+    opts: SinkOptions,
+    prepared: bool,
+    next_maintenance: Instant,
+    pools: HashMap<String, Uuid>,
+    miners: HashMap<String, Uuid>,
+    workers: HashMap<(Uuid, String), Uuid>,
+    months: HashSet<i64>,
+    /// `last_activity` written per worker (microseconds).
+    activity: HashMap<Uuid, i64>,
+}
+
+/// Rows per multi-row INSERT on SQLite.
+const SQLITE_ROWS_PER_INSERT: usize = 500;
+
+/// How far `workers.last_activity` may lag behind the newest share (5 s).
+const ACTIVITY_EVERY_US: i64 = 5_000_000;
+
+type Pg = sqlx::Postgres;
+type Lite = sqlx::Sqlite;
+
+impl Sink {
+    pub fn new(store: Store, opts: SinkOptions) -> Self {
+        Sink {
+            store,
+            opts,
+            prepared: false,
+            next_maintenance: Instant::now(),
+            pools: HashMap::new(),
+            miners: HashMap::new(),
+            workers: HashMap::new(),
+            months: HashSet::new(),
+            activity: HashMap::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn forget(&mut self) {
+        self.pools.clear();
+        self.miners.clear();
+        self.workers.clear();
+        self.months.clear();
+        self.activity.clear();
+    }
+
+    /// Migrations (if configured), partitions, the configured pools. Runs before the first
+    /// write and again after the database was lost.
+    pub async fn prepare(&mut self) -> Result<()> {
+        if self.opts.run_migrations {
+            self.store.migrate().await?;
+        }
+        self.store.upsert_pools(&self.opts.pools).await?;
+        self.maintain().await?;
+        self.prepared = true;
+        Ok(())
+    }
+
+    /// Partitions ahead and retention (hourly).
+    async fn maintain(&mut self) -> Result<()> {
+        let made = self
+            .store
+            .ensure_partitions(self.opts.partitions_ahead)
+            .await?;
+        tracing::debug!(partitions = ?made, "submissions partitions ensured");
+        if self.opts.retention_months > 0 {
+            let dropped = self
+                .store
+                .apply_retention(self.opts.retention_months)
+                .await?;
+            if !dropped.is_empty() {
+                tracing::info!(?dropped, "retention applied to submissions");
+                self.months.clear();
+            }
+        }
+        self.next_maintenance = Instant::now() + self.opts.maintenance_every;
+        Ok(())
+    }
+
+    /// Write a batch; `Err` only for transient failures (retry later, the batch is intact).
+    pub async fn write(&mut self, records: &[Record]) -> Result<Outcome> {
+        let r = self.write_inner(records).await;
+        if r.is_err() {
+            self.prepared = false;
+            self.forget();
+        }
+        r
+    }
+
+    async fn write_inner(&mut self, records: &[Record]) -> Result<Outcome> {
+        if !self.prepared {
+            self.prepare().await?;
+        } else if Instant::now() >= self.next_maintenance
+            && let Err(e) = self.maintain().await
+        {
+            if e.is_transient() {
+                return Err(e);
+            }
+            tracing::error!(error = %e, "storage maintenance failed");
+            self.next_maintenance = Instant::now() + self.opts.maintenance_every;
+        }
+        match self.write_once(records).await {
+            Ok(o) => return Ok(o),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, rows = records.len(), "batch refused; retrying it");
+                self.forget();
+            }
+        }
+        match self.write_once(records).await {
+            Ok(o) => return Ok(o),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "batch refused again; isolating the bad records"),
+        }
+        let mut total = Outcome::default();
+        for r in records {
+            match self.write_once(std::slice::from_ref(r)).await {
+                Ok(o) => {
+                    total.inserted += o.inserted;
+                    total.duplicates += o.duplicates;
+                    total.lifecycle += o.lifecycle;
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    self.forget();
+                    tracing::error!(error = %e, record = ?r, "record refused by the database (dead letter)");
+                    total.dead.push(format!("{e}\t{r:?}"));
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    async fn write_once(&mut self, records: &[Record]) -> Result<Outcome> {
+        match self.store.db.clone() {
+            Db::Postgres(pool) => self.write_pg(&pool, records).await,
+            Db::Sqlite(pool) => self.write_sqlite(&pool, records).await,
+        }
+    }
+
+    // --- PostgreSQL --------------------------------------------------------------------------
+
+    async fn write_pg(&mut self, pool: &sqlx::PgPool, records: &[Record]) -> Result<Outcome> {
+        // Partitions for the months this batch touches (normally already there).
+        for r in records {
+            if let Record::Share(s) = r {
+                let t = utc(s.at_us);
+                let month = i64::from(t.year()) * 12 + i64::from(t.month());
+                if !self.months.contains(&month) {
+                    self.store.ensure_partition_for(utc(s.at_us)).await?;
+                    self.months.insert(month);
+                }
+            }
+        }
+        let mut tx = pool.begin().await?;
+        let ids = self.resolve_pg(&mut tx, records).await?;
+        let mut out = Outcome::default();
+        let mut activity_done: Vec<(Uuid, i64)> = Vec::new();
+        for r in records {
+            match r {
+                Record::Connect(c) => {
+                    let id = ids[&(c.pool.as_str(), c.worker.as_str())];
+                    pg_connect(&mut tx, id, c).await?;
+                    out.lifecycle += 1;
+                }
+                Record::Disconnect(d) => {
+                    pg_disconnect(&mut tx, d).await?;
+                    out.lifecycle += 1;
+                }
+                Record::Share(_) => {}
+            }
+        }
+        let shares: Vec<&ShareRecord> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Share(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        if !shares.is_empty() {
+            let n = shares.len();
+            let mut id = Vec::with_capacity(n);
+            let mut worker = Vec::with_capacity(n);
+            let mut job = Vec::with_capacity(n);
+            let mut en1 = Vec::with_capacity(n);
+            let mut en2 = Vec::with_capacity(n);
+            let mut ntime = Vec::with_capacity(n);
+            let mut nonce = Vec::with_capacity(n);
+            let mut version = Vec::with_capacity(n);
+            let mut accepted = Vec::with_capacity(n);
+            let mut reason = Vec::with_capacity(n);
+            let mut diff = Vec::with_capacity(n);
+            let mut block = Vec::with_capacity(n);
+            let mut at = Vec::with_capacity(n);
+            // last activity per worker
+            let mut activity: HashMap<Uuid, i64> = HashMap::new();
+            for s in &shares {
+                let w = ids[&(s.pool.as_str(), s.worker.as_str())];
+                id.push(s.id);
+                worker.push(w);
+                job.push(s.job_id.as_str());
+                en1.push(s.extranonce1.as_str());
+                en2.push(s.extranonce2.as_str());
+                ntime.push(s.ntime.as_str());
+                nonce.push(s.nonce.as_str());
+                version.push(s.version.as_deref());
+                accepted.push(s.accepted);
+                reason.push(s.reject_reason.as_deref());
+                diff.push(s.difficulty);
+                block.push(s.block_hash.as_deref());
+                at.push(utc(s.at_us));
+                let e = activity.entry(w).or_insert(s.at_us);
+                *e = (*e).max(s.at_us);
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO submissions (id, worker_id, job_id, extranonce1, extranonce2, ntime, \
+                   nonce, version, accepted, reject_reason, difficulty, block_hash, submitted_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+                   $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[], $11::numeric[], \
+                   $12::text[], $13::timestamptz[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&id)
+            .bind(&worker)
+            .bind(&job)
+            .bind(&en1)
+            .bind(&en2)
+            .bind(&ntime)
+            .bind(&nonce)
+            .bind(&version)
+            .bind(&accepted)
+            .bind(&reason)
+            .bind(&diff)
+            .bind(&block)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            out.inserted = inserted;
+            out.duplicates = n as u64 - inserted;
+            // Activity moves forward at most every ACTIVITY_EVERY per worker (connects and
+            // disconnects set it exactly): most batches update no worker row at all.
+            let mut act: Vec<(Uuid, i64)> = activity
+                .into_iter()
+                .filter(|(w, t)| {
+                    self.activity
+                        .get(w)
+                        .is_none_or(|last| *t - *last >= ACTIVITY_EVERY_US)
+                })
+                .collect();
+            act.sort_unstable();
+            activity_done = act;
+        }
+        if !activity_done.is_empty() {
+            let (wid, wat): (Vec<Uuid>, Vec<DateTime<Utc>>) =
+                activity_done.iter().map(|(w, t)| (*w, utc(*t))).unzip();
+            sqlx::query(
+                "UPDATE workers w SET last_activity = v.at \
+                 FROM UNNEST($1::uuid[], $2::timestamptz[]) AS v(id, at) \
+                 WHERE w.id = v.id AND (w.last_activity IS NULL OR w.last_activity < v.at)",
+            )
+            .bind(&wid)
+            .bind(&wat)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE miners m SET last_seen = v.at FROM ( \
+                   SELECT w.miner_id, MAX(u.at) AS at \
+                   FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) \
+                   JOIN workers w ON w.id = u.id GROUP BY w.miner_id ORDER BY w.miner_id) v \
+                 WHERE m.id = v.miner_id AND (m.last_seen IS NULL OR m.last_seen < v.at)",
+            )
+            .bind(&wid)
+            .bind(&wat)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        for (w, t) in activity_done {
+            self.activity.insert(w, t);
+        }
+        Ok(out)
+    }
+
+    /// Worker ids for every (pool, worker) the batch names, creating rows as needed.
+    async fn resolve_pg<'r>(
+        &mut self,
+        tx: &mut sqlx::Transaction<'_, Pg>,
+        records: &'r [Record],
+    ) -> Result<HashMap<(&'r str, &'r str), Uuid>> {
+        let mut out = HashMap::new();
+        let mut missing: Vec<(&str, &str)> = Vec::new();
+        for (pool, worker) in records.iter().filter_map(names) {
+            if out.contains_key(&(pool, worker)) {
+                continue;
+            }
+            match self
+                .pools
+                .get(pool)
+                .and_then(|p| self.workers.get(&(*p, worker.to_string())))
+            {
+                Some(id) => {
+                    out.insert((pool, worker), *id);
+                }
+                None => {
+                    out.insert((pool, worker), Uuid::nil());
+                    missing.push((pool, worker));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        missing.sort_unstable();
+        // pools (normally the configured ones; an unknown name gets a placeholder row)
+        let mut pool_names: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+        pool_names.dedup();
+        let unknown: Vec<&str> = pool_names
+            .iter()
+            .copied()
+            .filter(|p| !self.pools.contains_key(*p))
+            .collect();
+        if !unknown.is_empty() {
+            sqlx::query(
+                "INSERT INTO pools (name, host, port, username) \
+                 SELECT n, 'unknown', 1, '' FROM UNNEST($1::text[]) AS n \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&unknown)
+            .execute(&mut **tx)
+            .await?;
+            let rows: Vec<(Uuid, String)> =
+                sqlx::query_as("SELECT id, name FROM pools WHERE name = ANY($1)")
+                    .bind(&unknown)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            for (id, name) in rows {
+                self.pools.insert(name, id);
+            }
+        }
+        // miners
+        let mut miners: Vec<&str> = missing.iter().map(|(_, w)| miner_of(w)).collect();
+        miners.sort_unstable();
+        miners.dedup();
+        sqlx::query(
+            "INSERT INTO miners (username) SELECT * FROM UNNEST($1::text[]) \
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&miners)
+        .execute(&mut **tx)
+        .await?;
+        // workers
+        let mut u = Vec::new();
+        let mut p = Vec::new();
+        let mut w = Vec::new();
+        for (pool, worker) in &missing {
+            let Some(pid) = self.pools.get(*pool) else {
+                return Err(Error::Invalid(format!(
+                    "pool {pool:?} could not be recorded"
+                )));
+            };
+            u.push(miner_of(worker));
+            p.push(*pid);
+            w.push(*worker);
+        }
+        sqlx::query(
+            "INSERT INTO workers (miner_id, pool_id, worker_name) \
+             SELECT m.id, v.pool_id, v.w FROM UNNEST($1::text[], $2::uuid[], $3::text[]) \
+               AS v(u, pool_id, w) JOIN miners m ON m.username = v.u \
+             ORDER BY v.pool_id, v.w \
+             ON CONFLICT (miner_id, pool_id, worker_name) DO NOTHING",
+        )
+        .bind(&u)
+        .bind(&p)
+        .bind(&w)
+        .execute(&mut **tx)
+        .await?;
+        let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT w.id, w.pool_id, w.worker_name::text FROM workers w \
+             JOIN UNNEST($1::uuid[], $2::text[]) AS v(pool_id, w) \
+               ON w.pool_id = v.pool_id AND w.worker_name = v.w",
+        )
+        .bind(&p)
+        .bind(&w)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (id, pool_id, worker) in rows {
+            self.workers.insert((pool_id, worker), id);
+        }
+        for (pool, worker) in &missing {
+            let pid = self.pools[*pool];
+            if let Some(id) = self.workers.get(&(pid, worker.to_string()))
+                && let Some(slot) = out.get_mut(&(*pool, *worker))
+            {
+                *slot = *id;
+            }
+        }
+        if let Some(((p, w), _)) = out.iter().find(|(_, id)| id.is_nil()) {
+            return Err(Error::Invalid(format!(
+                "worker {w:?} on pool {p:?} could not be recorded"
+            )));
+        }
+        Ok(out)
+    }
+
+    // --- SQLite ------------------------------------------------------------------------------
+
+    async fn write_sqlite(
+        &mut self,
+        pool: &sqlx::SqlitePool,
+        records: &[Record],
+    ) -> Result<Outcome> {
+        let mut tx = pool.begin().await?;
+        let mut out = Outcome::default();
+        let mut ids: HashMap<(&str, &str), Uuid> = HashMap::new();
+        for (p, w) in records.iter().filter_map(names) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = ids.entry((p, w)) {
+                slot.insert(self.sqlite_worker(&mut tx, p, w).await?);
+            }
+        }
+        let mut activity: HashMap<Uuid, i64> = HashMap::new();
+        for r in records {
+            match r {
+                Record::Connect(c) => {
+                    let id = ids[&(c.pool.as_str(), c.worker.as_str())];
+                    let at = sqlite_time(utc(c.at_us));
+                    sqlx::query(
+                        "UPDATE workers SET remote_addr = ?2, user_agent = ?3, active = 1, \
+                           connected_at = ?4, last_activity = MAX(COALESCE(last_activity, ''), ?4), \
+                           connection_id = ?5, disconnect_reason = NULL, \
+                           updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') \
+                         WHERE id = ?1 AND (connected_at IS NULL OR connected_at <= ?4)",
+                    )
+                    .bind(id.to_string())
+                    .bind(c.remote.map(|ip| ip.to_string()))
+                    .bind(c.user_agent.as_deref())
+                    .bind(&at)
+                    .bind(c.connection_id as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                    out.lifecycle += 1;
+                }
+                Record::Disconnect(d) => {
+                    sqlx::query(
+                        "UPDATE workers SET active = 0, disconnect_reason = ?3, \
+                           last_activity = MAX(COALESCE(last_activity, ''), ?4), \
+                           updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') \
+                         WHERE worker_name = ?1 AND connection_id = ?2 AND connected_at <= ?4",
+                    )
+                    .bind(&d.worker)
+                    .bind(d.connection_id as i64)
+                    .bind(&d.reason)
+                    .bind(sqlite_time(utc(d.at_us)))
+                    .execute(&mut *tx)
+                    .await?;
+                    out.lifecycle += 1;
+                }
+                Record::Share(_) => {}
+            }
+        }
+        // Shares: multi-row INSERTs (SQLITE_LIMIT_VARIABLE_NUMBER is 32766: 13 per row).
+        let shares: Vec<&ShareRecord> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Share(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        for chunk in shares.chunks(SQLITE_ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO submissions (id, worker_id, job_id, extranonce1, extranonce2, \
+                 ntime, nonce, version, accepted, reject_reason, difficulty, block_hash, \
+                 submitted_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "" } else { "," });
+                sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for s in chunk {
+                let w = ids[&(s.pool.as_str(), s.worker.as_str())];
+                q = q
+                    .bind(s.id.to_string())
+                    .bind(w.to_string())
+                    .bind(s.job_id.as_str())
+                    .bind(s.extranonce1.as_str())
+                    .bind(s.extranonce2.as_str())
+                    .bind(s.ntime.as_str())
+                    .bind(s.nonce.as_str())
+                    .bind(s.version.as_deref())
+                    .bind(s.accepted)
+                    .bind(s.reject_reason.as_deref())
+                    .bind(s.difficulty.normalize().to_string())
+                    .bind(s.block_hash.as_deref())
+                    .bind(sqlite_time(utc(s.at_us)));
+                let e = activity.entry(w).or_insert(s.at_us);
+                *e = (*e).max(s.at_us);
+            }
+            let n = q.execute(&mut *tx).await?.rows_affected();
+            out.inserted += n;
+            out.duplicates += chunk.len() as u64 - n;
+        }
+        for (w, at) in activity {
+            let at = sqlite_time(utc(at));
+            sqlx::query(
+                "UPDATE workers SET last_activity = ?2 \
+                 WHERE id = ?1 AND (last_activity IS NULL OR last_activity < ?2)",
+            )
+            .bind(w.to_string())
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE miners SET last_seen = ?2 \
+                 WHERE id = (SELECT miner_id FROM workers WHERE id = ?1) \
+                   AND (last_seen IS NULL OR last_seen < ?2)",
+            )
+            .bind(w.to_string())
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn sqlite_worker(
+        &mut self,
+        tx: &mut sqlx::Transaction<'_, Lite>,
+        pool: &str,
+        worker: &str,
+    ) -> Result<Uuid> {
+        let pool_id = match self.pools.get(pool) {
+            Some(id) => *id,
+            None => {
+                sqlx::query(
+                    "INSERT INTO pools (id, name, host, port, username) \
+                     VALUES (?1, ?2, 'unknown', 1, '') ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(Uuid::new_v4().to_string())
+                .bind(pool)
+                .execute(&mut **tx)
+                .await?;
+                let id: String = sqlx::query_scalar("SELECT id FROM pools WHERE name = ?1")
+                    .bind(pool)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                let id = parse_id(&id)?;
+                self.pools.insert(pool.to_string(), id);
+                id
+            }
+        };
+        if let Some(id) = self.workers.get(&(pool_id, worker.to_string())) {
+            return Ok(*id);
+        }
+        let miner = miner_of(worker);
+        let miner_id = match self.miners.get(miner) {
+            Some(id) => *id,
+            None => {
+                sqlx::query(
+                    "INSERT INTO miners (id, username) VALUES (?1, ?2) \
+                     ON CONFLICT (username) DO NOTHING",
+                )
+                .bind(Uuid::new_v4().to_string())
+                .bind(miner)
+                .execute(&mut **tx)
+                .await?;
+                let id: String = sqlx::query_scalar("SELECT id FROM miners WHERE username = ?1")
+                    .bind(miner)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                let id = parse_id(&id)?;
+                self.miners.insert(miner.to_string(), id);
+                id
+            }
+        };
+        sqlx::query(
+            "INSERT INTO workers (id, miner_id, pool_id, worker_name) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (miner_id, pool_id, worker_name) DO NOTHING",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(miner_id.to_string())
+        .bind(pool_id.to_string())
+        .bind(worker)
+        .execute(&mut **tx)
+        .await?;
+        let id: String = sqlx::query_scalar(
+            "SELECT id FROM workers WHERE miner_id = ?1 AND pool_id = ?2 AND worker_name = ?3",
+        )
+        .bind(miner_id.to_string())
+        .bind(pool_id.to_string())
+        .bind(worker)
+        .fetch_one(&mut **tx)
+        .await?;
+        let id = parse_id(&id)?;
+        self.workers.insert((pool_id, worker.to_string()), id);
+        Ok(id)
+    }
+}
+
+fn names(r: &Record) -> Option<(&str, &str)> {
+    match r {
+        Record::Share(s) => Some((s.pool.as_str(), s.worker.as_str())),
+        Record::Connect(c) => Some((c.pool.as_str(), c.worker.as_str())),
+        Record::Disconnect(_) => None,
+    }
+}
+
+pub(crate) fn parse_id(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| Error::Invalid(format!("bad id {s:?}: {e}")))
+}
+
+async fn pg_connect(
+    tx: &mut sqlx::Transaction<'_, Pg>,
+    worker: Uuid,
+    c: &ConnectRecord,
+) -> Result<()> {
+    let at = utc(c.at_us);
+    sqlx::query(
+        "UPDATE workers SET remote_addr = $2::inet, user_agent = $3, active = true, \
+           connected_at = $4, last_activity = GREATEST(last_activity, $4), connection_id = $5, \
+           disconnect_reason = NULL, updated_at = NOW() \
+         WHERE id = $1 AND (connected_at IS NULL OR connected_at <= $4)",
+    )
+    .bind(worker)
+    .bind(c.remote.map(|ip| ip.to_string()))
+    .bind(c.user_agent.as_deref())
+    .bind(at)
+    .bind(c.connection_id as i64)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE miners SET last_seen = $2 WHERE id = (SELECT miner_id FROM workers WHERE id = $1) \
+           AND (last_seen IS NULL OR last_seen < $2)",
+    )
+    .bind(worker)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn pg_disconnect(tx: &mut sqlx::Transaction<'_, Pg>, d: &DisconnectRecord) -> Result<()> {
+    sqlx::query(
+        "UPDATE workers SET active = false, disconnect_reason = $3, \
+           last_activity = GREATEST(last_activity, $4), updated_at = NOW() \
+         WHERE worker_name = $1 AND connection_id = $2 AND connected_at <= $4",
+    )
+    .bind(&d.worker)
+    .bind(d.connection_id as i64)
+    .bind(&d.reason)
+    .bind(utc(d.at_us))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Exact decimal from SQLite text (NULL/garbage → 0).
+pub(crate) fn dec(s: Option<&str>) -> Decimal {
+    s.and_then(|s| s.parse().ok()).unwrap_or_default()
+}

@@ -1,0 +1,121 @@
+//! Event builders and a writer harness shared by the store's integration tests.
+#![allow(dead_code)]
+
+use loka_store::events::{ConnectionEvent, Event, ShareEvent};
+use loka_store::{PoolInfo, Store, StoreHandle, WriterOptions, spawn_writer};
+use rust_decimal::Decimal;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+pub fn pools() -> Vec<PoolInfo> {
+    vec![
+        PoolInfo {
+            name: "main".into(),
+            host: "stratum.example.com".into(),
+            port: 3333,
+            username: "farm".into(),
+        },
+        PoolInfo {
+            name: "backup".into(),
+            host: "10.0.0.2".into(),
+            port: 4444,
+            username: "farm".into(),
+        },
+    ]
+}
+
+pub fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+pub fn share(worker: &str, pool: &str, nonce: u32, accepted: bool, difficulty: &str) -> Event {
+    share_at(worker, pool, nonce, accepted, difficulty, SystemTime::now())
+}
+
+pub fn share_at(
+    worker: &str,
+    pool: &str,
+    nonce: u32,
+    accepted: bool,
+    difficulty: &str,
+    at: SystemTime,
+) -> Event {
+    Event::Share(ShareEvent {
+        at,
+        connection_id: 1,
+        worker: Arc::from(worker),
+        pool: Arc::from(pool),
+        job_id: format!("{:x}", nonce / 1000),
+        extranonce1: "00010203".into(),
+        extranonce2: "0000000000000001".into(),
+        ntime: "665f1a2b".into(),
+        nonce: format!("{nonce:08x}"),
+        version: None,
+        accepted,
+        reject_reason: (!accepted).then_some("low_difficulty"),
+        difficulty: d(difficulty),
+        hash_difficulty: 1.0,
+        block_candidate: false,
+        block_hash: None,
+        forwarded: accepted,
+    })
+}
+
+pub fn authorized(conn: u64, worker: &str) -> Event {
+    Event::Connection(ConnectionEvent::Authorized {
+        at: std::time::SystemTime::now(),
+        connection_id: conn,
+        worker: Arc::from(worker),
+        pool: Arc::from(""),
+        user_agent: Some("cgminer/4.12".into()),
+        remote: "192.0.2.7:50000".parse().unwrap(),
+    })
+}
+
+pub fn disconnected(conn: u64, worker: &str) -> Event {
+    Event::Connection(ConnectionEvent::Disconnected {
+        at: std::time::SystemTime::now(),
+        connection_id: conn,
+        worker: Some(Arc::from(worker)),
+        reason: "peer closed".into(),
+    })
+}
+
+/// A store on `url` (migrated, pools recorded) and a running writer spooling to `spool`.
+pub async fn writer(
+    url: &str,
+    spool: &std::path::Path,
+) -> (Store, StoreHandle, mpsc::Sender<Event>) {
+    let cfg = loka_store::testing::storage_config(url, spool);
+    let store = Store::open(&cfg).await.expect("store opens");
+    store.upsert_pools(&pools()).await.unwrap();
+    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+    let handle = spawn_writer(
+        store.clone(),
+        rx,
+        WriterOptions::from_config(&cfg, &pools()),
+        cfg.queue_capacity,
+    )
+    .expect("writer starts");
+    (store, handle, tx)
+}
+
+/// Wait until `f` holds (polling), up to `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,481 @@
+//! Against a real PostgreSQL (`eval "$(tests/pg.sh up)"` first): schema, constraints,
+//! cascades, the unique key, partitions and retention, the writer, accounting, the seed's
+//! common queries and the read side's plans. Each test gets its own database.
+
+mod common;
+
+use common::*;
+use loka_store::accounting::{Method, NewEarning};
+use loka_store::testing::fresh_pg_database;
+use loka_store::{Backend, Store};
+use sqlx::PgPool;
+use std::time::{Duration, SystemTime};
+
+async fn migrated() -> (Store, PgPool) {
+    let url = fresh_pg_database().await;
+    let cfg = loka_store::testing::storage_config(&url, std::path::Path::new("/nonexistent"));
+    let store = Store::open(&cfg).await.unwrap();
+    assert_eq!(store.backend(), Backend::Postgres);
+    store.upsert_pools(&pools()).await.unwrap();
+    let pg = store.pg().unwrap().clone();
+    (store, pg)
+}
+
+/// The SQLSTATE of a failed statement.
+async fn refused(pg: &PgPool, sql: &'static str) -> String {
+    match sqlx::query(sql).execute(pg).await {
+        Ok(_) => panic!("accepted: {sql}"),
+        Err(sqlx::Error::Database(e)) => e.code().unwrap().into_owned(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn migrations_report_their_version_and_are_idempotent() {
+    let url = fresh_pg_database().await;
+    let mut cfg = loka_store::testing::storage_config(&url, std::path::Path::new("/x"));
+    cfg.run_migrations = false;
+    let store = Store::open(&cfg).await.unwrap();
+    let before = store.migration_status().await.unwrap();
+    assert_eq!(before.current_version, None);
+    assert_eq!(before.pending, 1);
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let after = store.migration_status().await.unwrap();
+    assert_eq!(after.current_version.as_deref(), Some("20260101000001"));
+    assert_eq!(after.pending, 0);
+    let health = store.health(None).await;
+    assert_eq!(health.status, "healthy");
+    let json = serde_json_like(&health);
+    assert!(json.contains("current_version"), "{json}");
+}
+
+fn serde_json_like(h: &loka_store::DatabaseHealth) -> String {
+    format!("{h:?}")
+}
+
+#[tokio::test]
+async fn constraints_reject_bad_rows() {
+    let (_store, pg) = migrated().await;
+    // port
+    assert_eq!(
+        refused(
+            &pg,
+            "INSERT INTO pools (name, host, port, username) VALUES ('p0', 'h', 0, 'u')"
+        )
+        .await,
+        "23514"
+    );
+    assert_eq!(
+        refused(
+            &pg,
+            "INSERT INTO pools (name, host, port, username) VALUES ('p1', 'h', 65536, 'u')"
+        )
+        .await,
+        "23514"
+    );
+    // BTC address length (26..=62)
+    assert_eq!(
+        refused(
+            &pg,
+            "INSERT INTO miners (username, btc_address) VALUES ('x', 'bc1short')"
+        )
+        .await,
+        "23514"
+    );
+    sqlx::query("INSERT INTO miners (username, btc_address) VALUES ('ok', 'bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq')")
+        .execute(&pg)
+        .await
+        .unwrap();
+    // status
+    assert_eq!(
+        refused(&pg, "INSERT INTO earnings (pool_id, amount_btc, status) SELECT id, 1, 'paid' FROM pools WHERE name = 'main'").await,
+        "23514"
+    );
+    // negative / zero amounts
+    assert_eq!(
+        refused(&pg, "INSERT INTO earnings (pool_id, amount_btc) SELECT id, -1 FROM pools WHERE name = 'main'").await,
+        "23514"
+    );
+    assert_eq!(
+        refused(&pg, "INSERT INTO earnings (pool_id, amount_btc, fee_btc) SELECT id, 1, -0.1 FROM pools WHERE name = 'main'").await,
+        "23514"
+    );
+    sqlx::query(
+        "INSERT INTO earnings (pool_id, amount_btc) SELECT id, 1 FROM pools WHERE name = 'main'",
+    )
+    .execute(&pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        refused(&pg, "INSERT INTO distributions (earning_id, miner_id, amount_btc, percentage) SELECT e.id, m.id, -0.5, 0.5 FROM earnings e, miners m").await,
+        "23514"
+    );
+    assert_eq!(
+        refused(&pg, "INSERT INTO distributions (earning_id, miner_id, amount_btc, percentage) SELECT e.id, m.id, 0.5, 1.5 FROM earnings e, miners m").await,
+        "23514"
+    );
+    assert_eq!(
+        refused(&pg, "INSERT INTO distributions (earning_id, miner_id, amount_btc, percentage) SELECT e.id, m.id, 0.5, 0 FROM earnings e, miners m").await,
+        "23514"
+    );
+    assert_eq!(
+        refused(&pg, "INSERT INTO distributions (earning_id, miner_id, amount_btc, percentage, status) SELECT e.id, m.id, 0.5, 0.5, 'lost' FROM earnings e, miners m").await,
+        "23514"
+    );
+    // unique pool name, duplicate tx hash
+    assert_eq!(
+        refused(
+            &pg,
+            "INSERT INTO pools (name, host, port, username) VALUES ('main', 'h', 1, 'u')"
+        )
+        .await,
+        "23505"
+    );
+}
+
+#[tokio::test]
+async fn the_unique_key_makes_a_replayed_share_harmless_and_cascades_work() {
+    let (store, pg) = migrated().await;
+    let spool = tempfile::tempdir().unwrap();
+    let (_s, handle, tx) = writer(store_url(&store).as_str(), spool.path()).await;
+    let at = SystemTime::now();
+    let events = vec![
+        authorized(1, "alice.rig1"),
+        share_at("alice.rig1", "main", 1, true, "0.5", at),
+        share_at("alice.rig1", "main", 2, true, "0.5", at),
+        share("bob.s9", "main", 3, false, "1"),
+    ];
+    for e in events.clone() {
+        tx.send(e).await.unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            store.count_submissions().await.unwrap() == 3
+        })
+        .await
+    );
+    // The same events again: new records (new ids), but the same share identity → nothing new.
+    // (The writer's own replays carry the same id and instant: see the spool tests.)
+    for e in events.into_iter().skip(1) {
+        tx.send(e).await.unwrap();
+    }
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.spool_bytes, 0);
+    assert_eq!(store.count_submissions().await.unwrap(), 3);
+    // A verbatim duplicate of the key is refused by the database itself.
+    let code = match sqlx::query(
+        "INSERT INTO submissions (worker_id, job_id, extranonce2, ntime, nonce, accepted, difficulty, submitted_at) \
+         SELECT worker_id, job_id, extranonce2, ntime, nonce, accepted, difficulty, submitted_at \
+         FROM submissions LIMIT 1",
+    )
+    .execute(&pg)
+    .await
+    {
+        Err(sqlx::Error::Database(e)) => e.code().unwrap().into_owned(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code, "23505");
+    // worker lifecycle and activity
+    let (active, ua, addr, last): (bool, Option<String>, Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT active, user_agent::text, host(remote_addr), last_activity FROM workers WHERE worker_name = 'alice.rig1'")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    assert!(active);
+    assert_eq!(ua.as_deref(), Some("cgminer/4.12"));
+    assert_eq!(addr.as_deref(), Some("192.0.2.7"));
+    assert!(last.is_some());
+    let miners: Vec<String> = sqlx::query_scalar("SELECT username::text FROM miners ORDER BY 1")
+        .fetch_all(&pg)
+        .await
+        .unwrap();
+    assert_eq!(miners, vec!["alice", "bob"]);
+    // cascades: a miner takes its workers, their submissions and its distributions along
+    let e = store
+        .add_earning(&NewEarning::new("main", d("0.001")))
+        .await
+        .unwrap();
+    store
+        .distribute(e, &Method::Proportional { since: None })
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM miners WHERE username = 'alice'")
+        .execute(&pg)
+        .await
+        .unwrap();
+    let left: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM workers), (SELECT COUNT(*) FROM submissions), (SELECT COUNT(*) FROM distributions)",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(left, (1, 1, 0));
+    // and a pool takes its workers, submissions and earnings
+    sqlx::query("DELETE FROM pools WHERE name = 'main'")
+        .execute(&pg)
+        .await
+        .unwrap();
+    let left: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM workers), (SELECT COUNT(*) FROM submissions), (SELECT COUNT(*) FROM earnings)",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0, 0));
+}
+
+fn store_url(store: &Store) -> String {
+    // The tests open the writer on the same database as `store`.
+    let opts = store.pg().unwrap().connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        opts.get_username(),
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap()
+    )
+}
+
+#[tokio::test]
+async fn partitions_are_made_ahead_and_retention_drops_old_ones() {
+    let (store, pg) = migrated().await;
+    let parts = store.partitions().await.unwrap();
+    assert!(parts.len() >= 3, "{parts:?}");
+    let now = chrono::Utc::now();
+    assert!(
+        parts.contains(&format!("submissions_{}", now.format("%Y_%m"))),
+        "{parts:?}"
+    );
+    // an old share (a long outage replayed from the spool) gets its month's partition
+    let old = chrono::DateTime::parse_from_rfc3339("2020-03-15T12:00:00Z").unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let (_s, handle, tx) = writer(&store_url(&store), spool.path()).await;
+    tx.send(share_at("carol.x", "main", 9, true, "1", old.into()))
+        .await
+        .unwrap();
+    tx.send(share("carol.x", "main", 10, true, "1"))
+        .await
+        .unwrap();
+    handle.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        store
+            .partitions()
+            .await
+            .unwrap()
+            .contains(&"submissions_2020_03".to_string())
+    );
+    let in_part: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM submissions_2020_03")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(in_part, 1);
+    let dropped = store.apply_retention(12).await.unwrap();
+    assert_eq!(dropped, vec!["submissions_2020_03".to_string()]);
+    assert_eq!(store.count_submissions().await.unwrap(), 1);
+    assert!(store.partitions().await.unwrap().len() >= 3);
+}
+
+#[tokio::test]
+async fn distributions_sum_to_the_satoshi_and_the_seed_queries_answer() {
+    let (store, pg) = migrated().await;
+    let spool = tempfile::tempdir().unwrap();
+    let (_s, handle, tx) = writer(&store_url(&store), spool.path()).await;
+    let start = SystemTime::now() - Duration::from_secs(60);
+    let mut n = 0;
+    for (worker, count, diff) in [
+        ("a.1", 3, "1"),
+        ("b.1", 3, "1"),
+        ("c.1", 3, "1"),
+        ("d.1", 2, "0.5"),
+    ] {
+        tx.send(authorized(n as u64 + 100, worker)).await.unwrap();
+        for _ in 0..count {
+            n += 1;
+            tx.send(share_at(
+                worker,
+                "main",
+                n,
+                true,
+                diff,
+                start + Duration::from_millis(n as u64),
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    tx.send(share("d.1", "main", 999, false, "0.5"))
+        .await
+        .unwrap();
+    handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(store.count_submissions().await.unwrap(), 12);
+
+    // 7 satoshis over a, b, c (3 each) and d (2 × 0.5 = 1): weights 3:3:3:1
+    let e = store
+        .add_earning(&NewEarning {
+            transaction_hash: Some("ab".repeat(32)),
+            block_height: Some(840_000),
+            ..NewEarning::new("main", d("0.00000007"))
+        })
+        .await
+        .unwrap();
+    let dist = store
+        .distribute(e, &Method::Proportional { since: None })
+        .await
+        .unwrap();
+    assert_eq!(dist.shares, 11);
+    assert_eq!(dist.total_weight, d("10"));
+    assert_eq!(dist.distributed_btc, d("0.00000007"));
+    let parts = store.distribution_parts(e).await.unwrap();
+    assert_eq!(
+        parts
+            .iter()
+            .map(|p| p.amount_btc)
+            .sum::<rust_decimal::Decimal>(),
+        d("0.00000007")
+    );
+    // quotas 2.1, 2.1, 2.1, 0.7 → 2, 2, 2, 0 + 1 leftover to d (largest remainder 0.7)
+    let amounts: Vec<(String, String)> = parts
+        .iter()
+        .map(|p| (p.miner.clone(), p.amount_btc.to_string()))
+        .collect();
+    assert_eq!(
+        amounts,
+        vec![
+            ("a".into(), "0.00000002".into()),
+            ("b".into(), "0.00000002".into()),
+            ("c".into(), "0.00000002".into()),
+            ("d".into(), "0.00000001".into())
+        ]
+    );
+    // once only
+    assert!(
+        store
+            .distribute(e, &Method::Proportional { since: None })
+            .await
+            .is_err()
+    );
+    let status: String = sqlx::query_scalar("SELECT status::text FROM earnings WHERE id = $1")
+        .bind(e)
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(status, "distributed");
+
+    // 6.25 BTC by PPLNS over the last 5 difficulty: d.1 (2 × 0.5), c.1 (3), b.1 (1 of its last)
+    let e2 = store
+        .add_earning(&NewEarning::new("main", d("6.25")))
+        .await
+        .unwrap();
+    let dist = store
+        .distribute(e2, &Method::Pplns { window: d("5") })
+        .await
+        .unwrap();
+    assert_eq!(dist.distributed_btc, d("6.25"));
+    let by: std::collections::HashMap<_, _> = dist
+        .parts
+        .iter()
+        .map(|p| (p.miner.as_str(), p.amount_btc))
+        .collect();
+    assert_eq!(by["c"], d("3.75"));
+    assert_eq!(by["d"], d("1.25"));
+    assert_eq!(by["b"], d("1.25"));
+    assert!(!by.contains_key("a"));
+
+    // The seed's three common queries, verbatim.
+    let workers = store.active_workers_by_pool("main").await.unwrap();
+    assert_eq!(workers.len(), 4);
+    let d1 = workers.iter().find(|w| w.worker_name == "d.1").unwrap();
+    assert_eq!((d1.total_shares, d1.accepted_shares), (3, 2));
+    assert_eq!(d1.username, "d");
+    let perf = store.pool_performance().await.unwrap();
+    let main = perf.iter().find(|p| p.name == "main").unwrap();
+    assert_eq!(
+        (main.active_workers, main.total_shares, main.accepted_shares),
+        (4, 12, 11)
+    );
+    assert_eq!(main.acceptance_rate, Some(d("91.67")));
+    let backup = perf.iter().find(|p| p.name == "backup").unwrap();
+    assert_eq!(
+        (
+            backup.active_workers,
+            backup.total_shares,
+            backup.acceptance_rate
+        ),
+        (0, 0, None)
+    );
+    let summary = store.miner_earnings_summary().await.unwrap();
+    assert_eq!(summary[0].username, "c");
+    assert_eq!(summary[0].total_earnings_btc, Some(d("3.75000002")));
+    assert_eq!(
+        summary
+            .iter()
+            .map(|m| m.total_earnings_btc.unwrap_or_default())
+            .sum::<rust_decimal::Decimal>(),
+        d("6.25000007")
+    );
+    assert!(
+        summary
+            .iter()
+            .all(|m| m.active_workers == 1 && m.confirmed_payments == 0)
+    );
+
+    // read side
+    let stats = store
+        .worker_stats(Duration::from_secs(3600), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(stats.len(), 4);
+    let a = stats.iter().find(|w| w.worker_name == "a.1").unwrap();
+    assert_eq!((a.submitted, a.accepted, a.rejected), (3, 3, 0));
+    assert_eq!(a.accepted_difficulty, d("3"));
+    assert!(a.hashrate_hs > 0.0);
+    let hist = store
+        .worker_history("a.1", Duration::from_secs(3600), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(hist.iter().map(|h| h.accepted).sum::<i64>(), 3);
+}
+
+#[tokio::test]
+async fn hot_read_queries_use_the_indexes() {
+    let (store, pg) = migrated().await;
+    let spool = tempfile::tempdir().unwrap();
+    let (_s, handle, tx) = writer(&store_url(&store), spool.path()).await;
+    let now = SystemTime::now();
+    // 200 workers × 500 shares spread over 3 days
+    for i in 0..100_000u32 {
+        let w = format!("m{}.w{}", i % 40, i % 200);
+        let at = now - Duration::from_secs(u64::from(i) * 259_200 / 100_000);
+        tx.send(share_at(&w, "main", i, i % 50 != 0, "1", at))
+            .await
+            .unwrap();
+    }
+    let report = handle.shutdown(Duration::from_secs(60)).await;
+    assert_eq!(report.spool_bytes, 0);
+    assert_eq!(store.count_submissions().await.unwrap(), 100_000);
+    sqlx::query("ANALYZE").execute(&pg).await.unwrap();
+    let plans = store.explain_hot_queries("m1.w1", "main").await.unwrap();
+    let mut doc = String::new();
+    for (name, plan) in &plans {
+        doc.push_str(&format!("-- {name}\n{plan}\n\n"));
+    }
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("explain-postgres.txt");
+    std::fs::write(&out, &doc).unwrap();
+    println!("{doc}");
+    let get = |n: &str| plans.iter().find(|p| p.0 == n).unwrap().1.clone();
+    // The partitions holding the data are read through the share key's index
+    // (worker_id, submitted_at, …); empty future partitions may show a trivial seq scan.
+    let current = format!("submissions_{}", chrono::Utc::now().format("%Y_%m"));
+    for name in ["worker_stats", "worker_history"] {
+        let plan = get(name);
+        assert!(
+            plan.contains("worker_id_submitted_at") && plan.contains("(worker_id = w.id)"),
+            "{name} does not use the share key index:\n{plan}"
+        );
+        assert!(
+            !plan.contains(&format!("Seq Scan on {current}")),
+            "{name} scans {current}:\n{plan}"
+        );
+    }
+}

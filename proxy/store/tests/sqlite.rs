@@ -1,0 +1,222 @@
+//! The embedded default: no DATABASE_URL, a SQLite file at `storage.sqlite_path`, the same
+//! logical schema, writer, accounting and queries.
+
+mod common;
+
+use common::*;
+use loka_store::accounting::{Method, NewEarning};
+use loka_store::{Backend, Store, WriterOptions, spawn_writer};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+async fn open(dir: &std::path::Path) -> (Store, loka_config::StorageConfig) {
+    let cfg = loka_config::StorageConfig {
+        sqlite_path: dir.join("loka.db").display().to_string(),
+        flush_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    assert_eq!(cfg.spool_path(), dir.join("loka-spool"));
+    let store = Store::open(&cfg).await.unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    store.upsert_pools(&pools()).await.unwrap();
+    (store, cfg)
+}
+
+async fn refused(store: &Store, sql: &'static str) {
+    let r = sqlx::query(sql).execute(store.sqlite().unwrap()).await;
+    assert!(r.is_err(), "accepted: {sql}");
+}
+
+#[tokio::test]
+async fn embedded_sqlite_records_shares_and_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cfg) = open(dir.path()).await;
+    let status = store.migration_status().await.unwrap();
+    assert_eq!(
+        (status.current_version.as_deref(), status.pending),
+        (Some("20260101000001"), 0)
+    );
+
+    let (tx, rx) = mpsc::channel(1024);
+    let handle = spawn_writer(
+        store.clone(),
+        rx,
+        WriterOptions::from_config(&cfg, &pools()),
+        1024,
+    )
+    .unwrap();
+    let start = SystemTime::now() - Duration::from_secs(30);
+    let mut n = 0;
+    for (i, w) in ["a.1", "b.1", "c.1"].iter().enumerate() {
+        tx.send(authorized(i as u64, w)).await.unwrap();
+        for _ in 0..3 {
+            n += 1;
+            let e = share_at(
+                w,
+                "main",
+                n,
+                true,
+                "0.25",
+                start + Duration::from_millis(u64::from(n)),
+            );
+            tx.send(e.clone()).await.unwrap();
+            tx.send(e).await.unwrap(); // a replay: stored once
+        }
+    }
+    tx.send(share("c.1", "main", 99, false, "0.25"))
+        .await
+        .unwrap();
+    tx.send(disconnected(2, "c.1")).await.unwrap();
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.spool_bytes, 0);
+    assert_eq!(store.count_submissions().await.unwrap(), 10);
+
+    let e = store
+        .add_earning(&NewEarning::new("main", d("0.00000007")))
+        .await
+        .unwrap();
+    let dist = store
+        .distribute(e, &Method::Proportional { since: None })
+        .await
+        .unwrap();
+    assert_eq!(dist.distributed_btc, d("0.00000007"));
+    let parts = store.distribution_parts(e).await.unwrap();
+    let amounts: Vec<String> = parts.iter().map(|p| p.amount_btc.to_string()).collect();
+    assert_eq!(amounts, vec!["0.00000003", "0.00000002", "0.00000002"]);
+    assert!(
+        store
+            .distribute(e, &Method::Proportional { since: None })
+            .await
+            .is_err()
+    );
+    let e2 = store
+        .add_earning(&NewEarning::new("main", d("6.25")))
+        .await
+        .unwrap();
+    let dist = store
+        .distribute(e2, &Method::Pplns { window: d("1") })
+        .await
+        .unwrap();
+    assert_eq!(dist.distributed_btc, d("6.25"));
+    assert_eq!(dist.parts.len(), 2); // c's 3 shares (0.75) + b's last (0.25)
+
+    let workers = store.active_workers_by_pool("main").await.unwrap();
+    assert_eq!(workers.len(), 2, "c.1 disconnected: {workers:?}");
+    assert!(
+        workers
+            .iter()
+            .all(|w| w.total_shares == 3 && w.accepted_shares == 3)
+    );
+    let perf = store.pool_performance().await.unwrap();
+    let main = perf.iter().find(|p| p.name == "main").unwrap();
+    assert_eq!(
+        (main.active_workers, main.total_shares, main.accepted_shares),
+        (2, 6, 6)
+    );
+    assert_eq!(main.acceptance_rate, Some(d("100")));
+    let summary = store.miner_earnings_summary().await.unwrap();
+    assert_eq!(summary[0].username, "c");
+    assert_eq!(
+        summary
+            .iter()
+            .map(|m| m.total_earnings_btc.unwrap_or_default())
+            .sum::<rust_decimal::Decimal>(),
+        d("6.25000007")
+    );
+    let stats = store
+        .worker_stats(Duration::from_secs(3600), 10, Some("c.1"))
+        .await
+        .unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        (stats[0].submitted, stats[0].accepted, stats[0].rejected),
+        (4, 3, 1)
+    );
+    assert!(!stats[0].active);
+    assert_eq!(stats[0].remote_addr.as_deref(), Some("192.0.2.7"));
+    let hist = store
+        .worker_history("a.1", Duration::from_secs(3600), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(hist.iter().map(|h| h.accepted).sum::<i64>(), 3);
+    let plans = store.explain_hot_queries("a.1", "main").await.unwrap();
+    assert!(
+        plans
+            .iter()
+            .all(|(_, p)| p.contains("(worker_id=? AND submitted_at>?)")),
+        "{plans:?}"
+    );
+
+    // constraints and cascades
+    refused(
+        &store,
+        "INSERT INTO pools (id, name, host, port, username) VALUES ('x', 'p', 'h', 70000, 'u')",
+    )
+    .await;
+    refused(
+        &store,
+        "INSERT INTO miners (id, username, btc_address) VALUES ('x', 'm', 'short')",
+    )
+    .await;
+    refused(&store, "UPDATE earnings SET status = 'paid'").await;
+    refused(&store, "UPDATE earnings SET amount_btc = '-1'").await;
+    refused(&store, "UPDATE distributions SET percentage = '0'").await;
+    refused(
+        &store,
+        "INSERT INTO submissions SELECT * FROM submissions LIMIT 1",
+    )
+    .await;
+    let db = store.sqlite().unwrap();
+    sqlx::query("DELETE FROM miners WHERE username = 'c'")
+        .execute(db)
+        .await
+        .unwrap();
+    let left: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM submissions), (SELECT COUNT(*) FROM distributions)",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert_eq!(left, (6, 3));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_leaves_the_batch_in_the_spool_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // A database path that cannot be created: every write fails, the spool keeps the events.
+    let cfg = loka_config::StorageConfig {
+        sqlite_path: dir.path().join("missing/dir/loka.db").display().to_string(),
+        spool_dir: dir.path().join("spool").display().to_string(),
+        flush_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let store = Store::connect_lazy(&cfg).unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    let handle = spawn_writer(store, rx, WriterOptions::from_config(&cfg, &pools()), 1024).unwrap();
+    for i in 0..50 {
+        tx.send(share("z.1", "main", i, true, "1")).await.unwrap();
+    }
+    let report = handle.shutdown(Duration::from_millis(500)).await;
+    assert!(report.spool_bytes > 0, "{report:?}");
+    assert_eq!(report.records_lost, 0);
+
+    // Next start, the database is there: the spool is replayed.
+    std::fs::create_dir_all(dir.path().join("missing/dir")).unwrap();
+    let store = Store::open(&cfg).await.unwrap();
+    let (_tx, rx) = mpsc::channel(16);
+    let handle = spawn_writer(
+        store.clone(),
+        rx,
+        WriterOptions::from_config(&cfg, &pools()),
+        16,
+    )
+    .unwrap();
+    assert_eq!(handle.recovery().records, 50);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            store.count_submissions().await.unwrap_or(0) == 50
+        })
+        .await
+    );
+    handle.shutdown(Duration::from_secs(2)).await;
+}

@@ -1,0 +1,281 @@
+//! Storage end to end, against a real PostgreSQL (`eval "$(tests/pg.sh up)"` first): simulated
+//! miners mine through the proxy while PostgreSQL is stopped and restarted, and while the
+//! proxy process is killed with SIGKILL holding spooled shares. Every share a miner was told
+//! was accepted must be in `submissions`, exactly once.
+//!
+//! One test function runs both scenarios in turn: each stops the server all tests share.
+
+mod common;
+
+use common::*;
+use loka_config::{Config, Mode};
+use loka_sim::miner::{MinerConfig, MinerHandle, SimMiner};
+use loka_store::testing::{ShareCounts, fresh_pg_database, pg_start, pg_stop, share_counts};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn miners(addr: &str, prefix: &str, n: usize) -> Vec<MinerHandle> {
+    (0..n)
+        .map(|i| {
+            SimMiner::spawn(MinerConfig {
+                hashrate: Some(60_000.0),
+                ..MinerConfig::new(addr, format!("{prefix}.rig{i}"))
+            })
+        })
+        .collect()
+}
+
+/// Stop the miners; returns what each was told was accepted, and how many it submitted.
+async fn stop(miners: Vec<MinerHandle>, prefix: &str) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for (i, m) in miners.into_iter().enumerate() {
+        m.stop();
+        let s = m.stats();
+        out.insert(format!("{prefix}.rig{i}"), (s.accepted, s.submitted));
+    }
+    out
+}
+
+/// Every accepted share is stored, once; nothing beyond what was submitted.
+fn check(told: &BTreeMap<String, (u64, u64)>, c: &ShareCounts) {
+    assert_eq!(c.rows, c.distinct, "a share is stored twice: {c:?}");
+    for (w, (accepted, submitted)) in told {
+        let stored = *c.accepted.get(w).unwrap_or(&0) as u64;
+        let all = *c.submitted.get(w).unwrap_or(&0) as u64;
+        assert!(*accepted > 0, "{w} mined nothing");
+        assert!(
+            stored >= *accepted,
+            "{w}: told accepted {accepted}, stored {stored}: {c:?}"
+        );
+        assert!(
+            all <= *submitted,
+            "{w}: submitted {submitted}, stored {all}"
+        );
+    }
+}
+
+async fn wait_for_rows(
+    url: &str,
+    told: &BTreeMap<String, (u64, u64)>,
+    timeout: Duration,
+) -> ShareCounts {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(c) = share_counts(url).await
+            && told
+                .iter()
+                .all(|(w, (a, _))| *c.accepted.get(w).unwrap_or(&0) as u64 >= *a)
+        {
+            return c;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "shares missing after {timeout:?}: {:?} vs told {told:?}",
+                share_counts(url).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A directory removed on drop (no tempfile dependency in this crate).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "loka-storage-test-{}-{}",
+            std::process::id(),
+            loka_store::uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn storage(cfg: &mut Config, url: &str, spool: &std::path::Path) {
+    cfg.storage = loka_store::testing::storage_config(url, spool);
+}
+
+/// Starts PostgreSQL again if a failing test left it stopped.
+struct RestartPg;
+
+impl Drop for RestartPg {
+    fn drop(&mut self) {
+        pg_start();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_share_is_lost_when_postgres_or_the_proxy_dies() {
+    let _restart = RestartPg;
+    postgres_restarts_mid_run().await;
+    proxy_killed_with_sigkill_while_spooling().await;
+}
+
+async fn postgres_restarts_mid_run() {
+    let url = fresh_pg_database().await;
+    let spool = TempDir::new();
+    let pool = pool().await;
+    let mut cfg = config(&[pool.addr()], Mode::Aggregate);
+    storage(&mut cfg, &url, spool.path());
+    let (store, tx) = loka_proxy::proxy::start_storage(&cfg).await.unwrap();
+    let pools = loka_proxy::proxy::resolve_pools(&cfg, |_| None).unwrap();
+    let proxy = loka_proxy::proxy::start(cfg, pools, Some(tx))
+        .await
+        .unwrap();
+    let addr = proxy.stratum_addr.to_string();
+    let ms = miners(&addr, "pgdown", 4);
+    for m in &ms {
+        m.wait_for(|s| s.accepted >= 10, WAIT).await.unwrap();
+    }
+    pg_stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = store.status();
+    assert!(!during.db_up && during.spool_bytes > 0, "{during:?}");
+    pg_start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let told = stop(ms, "pgdown").await;
+    proxy.drain(Duration::from_secs(2)).await;
+    let report = store.shutdown(Duration::from_secs(20)).await;
+    assert_eq!(report.spool_bytes, 0, "{report:?}");
+    assert_eq!(report.records_lost, 0);
+    let c = wait_for_rows(&url, &told, Duration::from_secs(10)).await;
+    check(&told, &c);
+    let s = store.status();
+    assert!(
+        s.records_spooled > 0 && s.records_replayed > 0 && s.write_errors > 0,
+        "{s:?}"
+    );
+}
+
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_proxy(config: &std::path::Path, log: &std::path::Path) -> Proxy {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Proxy(
+        Command::new(env!("CARGO_BIN_EXE_loka-proxy"))
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start loka-proxy"),
+    )
+}
+
+async fn wait_listening(port: u16, log: &std::path::Path) {
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "loka-proxy did not listen on {port}:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn proxy_killed_with_sigkill_while_spooling() {
+    let url = fresh_pg_database().await;
+    let dir = TempDir::new();
+    let spool = dir.path().join("spool");
+    let pool = pool().await;
+    let port = free_port();
+    let mut cfg = config(&[pool.addr()], Mode::Aggregate);
+    cfg.server.port = port;
+    storage(&mut cfg, &url, &spool);
+    cfg.logging.level = "info".into();
+    let path = dir.path().join("loka.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let log = dir.path().join("proxy.log");
+
+    // The database is down from the start: everything the proxy judges goes to the spool.
+    pg_stop();
+    let mut child = spawn_proxy(&path, &log);
+    wait_listening(port, &log).await;
+    let ms = miners(&format!("127.0.0.1:{port}"), "killed", 3);
+    for m in &ms {
+        m.wait_for(|s| s.accepted >= 15, WAIT).await.unwrap();
+    }
+    let told = stop(ms, "killed").await;
+    // The writer moves what it holds to the spool every flush interval.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spooled: u64 = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".spool"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        spooled > 8,
+        "nothing in the spool:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // SIGKILL: no shutdown, no flush.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    drop(child);
+
+    pg_start();
+    let mut child = spawn_proxy(&path, &log);
+    let c = wait_for_rows(&url, &told, Duration::from_secs(30)).await;
+    check(&told, &c);
+    // A clean stop (SIGTERM) leaves nothing behind.
+    let pid = child.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "loka-proxy exit: {status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".spool"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "spool not empty after a clean stop: {left:?}"
+    );
+    let after = share_counts(&url).await.unwrap();
+    assert_eq!(after.rows, after.distinct);
+}
