@@ -170,6 +170,28 @@ PY
   summary "10k miners @5k/s while the API was scraped" "$work/api-load.json"
 }
 
+api_cost() { # what scraping and streaming cost the Stratum side
+  start_pool 13339 0.000001 30
+  start_proxy 13339 0.000000001 true
+  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 10000 --duration 20 --ramp 2 >"$work/quiet.json" 2>/dev/null
+  summary "10k shares/s, no scrapes" "$work/quiet.json"
+  ( for _ in $(seq 25); do curl -s -o /dev/null http://127.0.0.1:19090/metrics/prometheus; sleep 1; done ) &
+  local scraper=$!
+  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 10000 --duration 20 --ramp 2 >"$work/scraped.json" 2>/dev/null
+  kill "$scraper" 2>/dev/null || true
+  summary "10k shares/s, /metrics/prometheus scraped every second" "$work/scraped.json"
+  # 100 stream subscribers (SSE, 5 s snapshots) on an otherwise idle proxy: CPU over 30 s.
+  local t0 t1 subs=()
+  t0=$(cpu_ticks "$proxy_pid"); sleep 30; t1=$(cpu_ticks "$proxy_pid")
+  local idle=$((t1 - t0))
+  for _ in $(seq 100); do curl -sN http://127.0.0.1:19090/metrics/events >/dev/null 2>&1 & subs+=($!); done
+  sleep 2
+  t0=$(cpu_ticks "$proxy_pid"); sleep 30; t1=$(cpu_ticks "$proxy_pid")
+  kill "${subs[@]}" 2>/dev/null || true
+  python3 -c "import json; hz=$(getconf CLK_TCK); print(json.dumps({'scenario': '100 SSE subscribers, proxy CPU over 30 s', 'idle_cpu_percent': round($idle*100/hz/30, 2), 'with_subscribers_cpu_percent': round($((t1 - t0))*100/hz/30, 2)}))"
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+}
+
 storage() { # Stratum latency with every share written to PostgreSQL versus storage off
   eval "$(tests/pg.sh up)"
   trap 'tests/pg.sh down "$LOKA_TEST_PG_DIR" >/dev/null 2>&1 || true; cleanup' EXIT
@@ -196,7 +218,8 @@ case "${1:-all}" in
   hold) hold ;;
   throughput) throughput ;;
   api) api ;;
+  api-cost) api_cost ;;
   storage) storage ;;
-  all) hold; throughput; api; storage ;;
-  *) echo "usage: $0 [hold|throughput|api|storage|all]" >&2; exit 2 ;;
+  all) hold; throughput; api; api_cost; storage ;;
+  *) echo "usage: $0 [hold|throughput|api|api-cost|storage|all]" >&2; exit 2 ;;
 esac
