@@ -115,3 +115,15 @@ pub async fn share_counts(url: &str) -> Option<ShareCounts> {
         submitted: per.iter().map(|(w, n, _)| (w.clone(), *n)).collect(),
     })
 }
+
+/// Poll `cond` every 20 ms until it holds; panic naming `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use loka_store::testing::{fresh_pg_database, pg_start, pg_stop};
+use loka_store::testing::{fresh_pg_database, pg_start, pg_stop, wait_until};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +53,15 @@ async fn postgres_outages_lose_nothing_and_duplicate_nothing() {
     pg_stop();
     send(sent, sent + 5_000).await;
     sent += 5_000;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(
+        "the writer to fail over to the spool",
+        Duration::from_secs(30),
+        || {
+            let s = handle.status();
+            !s.db_up && s.spool_bytes > 0 && s.write_errors > 0
+        },
+    )
+    .await;
     let during = handle.status();
     assert!(!during.db_up, "{during:?}");
     assert!(during.spool_bytes > 0, "{during:?}");
