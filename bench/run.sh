@@ -22,7 +22,7 @@ start_pool() { # $1 port $2 difficulty $3 job interval
   echo "pool did not start" >&2; exit 1
 }
 
-start_proxy() { # $1 pool port $2 miner difficulty $3 api(true/false) [$4 database URL: storage on]
+start_proxy() { # $1 pool port $2 miner difficulty $3 api(true/false) [$4 database URL: storage on] [$5 acknowledge]
   local storage_on=false
   [ -n "${4:-}" ] && storage_on=true
   cat >"$work/proxy.toml" <<T
@@ -51,6 +51,7 @@ password = "x"
 enabled = $storage_on
 database_url = "${4:-}"
 sqlite_path = "$work/loka.db"
+acknowledge = "${5:-validated}"
 [logging]
 level = "warn"
 T
@@ -192,24 +193,43 @@ api_cost() { # what scraping and streaming cost the Stratum side
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 
+pg_ticks() { # CPU ticks of every PostgreSQL process of the throwaway server
+  local t=0 p
+  for p in $(pgrep -u "$(stat -c %U "$LOKA_TEST_PG_DIR/data")" postgres); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+
+storage_run() { # $1 label $2 json name: run the load, print latency and CPU of proxy and PostgreSQL
+  local p0 g0 p1 g1
+  p0=$(cpu_ticks "$proxy_pid"); g0=$(pg_ticks)
+  "$B" --target 127.0.0.1:13333 --connections 1000 --rate "$rate" --duration 20 --ramp 2 >"$work/$2.json" 2>/dev/null
+  p1=$(cpu_ticks "$proxy_pid"); g1=$(pg_ticks)
+  summary "$1" "$work/$2.json"
+  python3 -c "import json; hz=$(getconf CLK_TCK); print(json.dumps({'scenario': '$1: CPU over the run', 'proxy_cpu_percent': round($((p1 - p0))*100/hz/22, 1), 'postgres_cpu_percent': round($((g1 - g0))*100/hz/22, 1)}))"
+}
+
 storage() { # Stratum latency with every share written to PostgreSQL versus storage off
+  local rate="${STORAGE_RATE:-10000}"
   eval "$(tests/pg.sh up)"
   trap 'tests/pg.sh down "$LOKA_TEST_PG_DIR" >/dev/null 2>&1 || true; cleanup' EXIT
   start_pool 13338 0.000001 30
   start_proxy 13338 0.000000001 false
-  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/off.json" 2>/dev/null
-  summary "storage off: 1000 conns @20k/s" "$work/off.json"
+  storage_run "storage off: 1000 conns @${rate}/s" off
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
   start_proxy 13338 0.000000001 false "$LOKA_TEST_DATABASE_URL"
-  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/on.json" 2>/dev/null
-  summary "storage on (PostgreSQL, every share): 1000 conns @20k/s" "$work/on.json"
+  storage_run "storage on (PostgreSQL, every share): 1000 conns @${rate}/s" on
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  start_proxy 13338 0.000000001 false "$LOKA_TEST_DATABASE_URL" durable
+  storage_run "storage on, acknowledge = durable: 1000 conns @${rate}/s" durable
   sleep 3
-  python3 - "$LOKA_TEST_DATABASE_URL" "$work/on.json" <<'PY'
+  python3 - "$LOKA_TEST_DATABASE_URL" "$work/on.json" "$work/durable.json" <<'PY'
 import json, subprocess, sys
-url, path = sys.argv[1], sys.argv[2]
+url, paths = sys.argv[1], sys.argv[2:]
 n = subprocess.run(["psql", url, "-tAc", "SELECT count(*) FROM submissions"], capture_output=True, text=True).stdout.strip()
-d = json.load(open(path))
-print(json.dumps({"scenario": "storage on: rows in submissions after the run", "rows": int(n or 0), "accepted_by_proxy": d["accepted"]}))
+print(json.dumps({"scenario": "storage on: rows in submissions after both runs", "rows": int(n or 0),
+                  "accepted_by_proxy": sum(json.load(open(p))["accepted"] for p in paths)}))
 PY
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }

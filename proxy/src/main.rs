@@ -113,6 +113,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config, reload: Option<loka_proxy::api::ReloadSource>) -> anyhow::Result<()> {
+    // Before anything listens: a SIGTERM that arrives while starting still drains.
+    let stop = shutdown_signal()?;
     let pools = loka_proxy::proxy::resolve_pools(&cfg, |var| std::env::var(var).ok())
         .map_err(anyhow::Error::msg)?;
     let drain_timeout = cfg.server.drain_timeout;
@@ -131,7 +133,7 @@ async fn run(cfg: Config, reload: Option<loka_proxy::api::ReloadSource>) -> anyh
     if let Some(source) = reload {
         proxy.set_reload_source(source);
     }
-    shutdown_signal().await;
+    stop.await;
     tracing::info!(?drain_timeout, "SIGTERM: draining");
     let report = proxy.drain(drain_timeout).await;
     tracing::info!(sessions_left = report.sessions_left, elapsed = ?report.elapsed, "drained");
@@ -152,17 +154,19 @@ async fn run(cfg: Config, reload: Option<loka_proxy::api::ReloadSource>) -> anyh
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers the SIGTERM handler now; the future completes on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    Ok(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    })
 }

@@ -206,7 +206,10 @@ pub async fn start_storage(
     let handle = spawn_writer(
         store,
         rx,
-        WriterOptions::from_config(s, &pools),
+        WriterOptions {
+            dedicated_thread: true,
+            ..WriterOptions::from_config(s, &pools)
+        },
         s.queue_capacity,
     )
     .with_context(|| format!("opening the spool in {}", s.spool_path().display()))?;

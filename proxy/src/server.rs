@@ -1,7 +1,7 @@
 //! The Stratum listener: accepts miners under connection limits and spawns one session task
 //! each; on drain it stops accepting and lets sessions tell miners to reconnect elsewhere.
 
-use crate::events::{ConnectionEvent, Event, EventSink};
+use crate::events::{ConnectionEvent, Delivered, Event, EventSink};
 use crate::session::Session;
 use crate::stats::Stats;
 use crate::upstream::{UpstreamHandle, UpstreamSettings};
@@ -110,6 +110,31 @@ impl Shared {
         if self.events_enabled && !self.events.emit(event) {
             self.stats.events_dropped.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Hand a share event over: to API subscribers without waiting, to the storage queue
+    /// waiting for room when it is full (a paid share is never dropped for want of room).
+    pub async fn emit_share(&self, event: Event) {
+        if self.api_events.receiver_count() > 0 {
+            let _ = self.api_events.send(event.clone());
+        }
+        if !self.events_enabled {
+            return;
+        }
+        match self.events.deliver(event).await {
+            Delivered::Now => {}
+            Delivered::Waited => {
+                self.stats.events_waited.fetch_add(1, Relaxed);
+            }
+            Delivered::Closed => {
+                self.stats.events_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Whether accepted shares are answered only once durable.
+    pub fn durable_ack(&self) -> bool {
+        self.events_enabled && self.config().storage.acknowledge == loka_config::AckPolicy::Durable
     }
 
     /// Replace the configuration (config reload). Pools go to the upstream task.

@@ -5,7 +5,7 @@
 //! from the upstream task as `watch<Option<Arc<Work>>>`; notify lines are shared bytes,
 //! serialised once for all miners.
 
-use crate::events::{ConnectionEvent, Event, ShareEvent};
+use crate::events::{ConnectionEvent, DurableAck, Event, ShareEvent};
 use crate::lines::{LineReader, ReadError};
 use crate::server::Shared;
 use crate::stats::WorkerStats;
@@ -75,6 +75,15 @@ struct AwaitingVerdict {
     difficulty: f64,
 }
 
+/// A valid share whose reply waits until the writer says it is durable.
+struct Unacked {
+    request_id: String,
+    stored: tokio::sync::oneshot::Receiver<()>,
+    deadline: Instant,
+    worker: Arc<WorkerStats>,
+    difficulty: f64,
+}
+
 pub struct Session {
     id: u64,
     peer: SocketAddr,
@@ -106,6 +115,11 @@ pub struct Session {
     first_work_at: Option<Instant>,
     /// When the pool's job behind the notify being written arrived (fan-out delay).
     notify_received_at: Option<Instant>,
+    /// `storage.acknowledge = "durable"`: "accepted" only once the share is stored.
+    durable: bool,
+    /// Durable mode: replies waiting for their shares to be stored, oldest first. The session
+    /// goes on reading meanwhile, so a miner's pipelined submits share one group commit.
+    unacked: VecDeque<Unacked>,
 }
 
 impl Session {
@@ -119,7 +133,7 @@ impl Session {
         Self {
             id,
             peer,
-            shared,
+            shared: shared.clone(),
             upstream,
             verdicts: None,
             awaiting: VecDeque::new(),
@@ -142,6 +156,8 @@ impl Session {
             close: None,
             first_work_at: None,
             notify_received_at: None,
+            durable: shared.durable_ack(),
+            unacked: VecDeque::new(),
         }
     }
 
@@ -166,7 +182,10 @@ impl Session {
         tokio::pin!(kick);
         let mut vardiff_tick = cfg.vardiff.retarget_interval;
         drop(cfg);
+        let mut unacked = VecDeque::new();
         while self.close.is_none() {
+            // Submits handled below push to `self.unacked`; the branch waits on the older ones.
+            unacked.append(&mut self.unacked);
             let deadline = if self.ready() {
                 last_rx + idle
             } else {
@@ -212,8 +231,25 @@ impl Session {
                         self.on_work(work.as_deref());
                     }
                 }
+                stored = async {
+                    let u: &mut Unacked = unacked.front_mut().expect("guarded");
+                    tokio::time::timeout_at(u.deadline.into(), &mut u.stored).await
+                }, if !unacked.is_empty() => {
+                    let u = unacked.pop_front().expect("guarded");
+                    self.acknowledged(u, matches!(stored, Ok(Ok(()))));
+                    // Those behind it are usually in the same commit.
+                    while let Some(u) = unacked.front_mut() {
+                        let ok = match u.stored.try_recv() {
+                            Ok(()) => true,
+                            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+                            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+                        };
+                        let u = unacked.pop_front().expect("checked");
+                        self.acknowledged(u, ok);
+                    }
+                }
                 v = async { self.verdicts.as_mut().expect("guarded").1.recv().await }, if self.verdicts.is_some() => {
-                    if let Some(v) = v { self.on_verdict(v) }
+                    if let Some(v) = v { self.on_verdict(v).await }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.close = Some(if self.ready() { Close::IdleTimeout } else { Close::HandshakeTimeout });
@@ -251,8 +287,33 @@ impl Session {
                 }
             }
         }
+        unacked.append(&mut self.unacked);
+        self.settle_unacked(unacked, &mut w).await;
         let _ = w.shutdown().await;
         self.finish();
+    }
+
+    /// Closing with replies still waiting on storage: if the miner can still hear them (a
+    /// drain, an idle or admin close), answer each once stored or at its deadline.
+    async fn settle_unacked<W>(&mut self, unacked: VecDeque<Unacked>, w: &mut W)
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        if unacked.is_empty() {
+            return;
+        }
+        let open = !matches!(self.close, Some(Close::PeerClosed | Close::Io(_)));
+        for mut u in unacked {
+            let ok = matches!(
+                tokio::time::timeout_at(u.deadline.into(), &mut u.stored).await,
+                Ok(Ok(()))
+            );
+            self.acknowledged(u, ok);
+        }
+        if open && !self.out.is_empty() {
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&self.out)).await;
+        }
+        self.out.clear();
     }
 
     fn read_error(&mut self, e: ReadError) {
@@ -732,7 +793,8 @@ impl Session {
             } else {
                 StratumError::stale()
             };
-            self.reject(id, &err, &worker_stats, &worker_name, &pool, &submit, None);
+            self.reject(id, &err, &worker_stats, &worker_name, &pool, &submit, None)
+                .await;
             return;
         };
         let rules = ShareRules {
@@ -751,7 +813,8 @@ impl Session {
                     &pool,
                     &submit,
                     Some(&job),
-                );
+                )
+                .await;
                 return;
             }
         };
@@ -765,7 +828,8 @@ impl Session {
                 &pool,
                 &submit,
                 Some(&job),
-            );
+            )
+            .await;
             return;
         }
         let Some(key) = ShareKey::new(&self.extranonce1, &submit, share.version) else {
@@ -777,7 +841,8 @@ impl Session {
                 &pool,
                 &submit,
                 Some(&job),
-            );
+            )
+            .await;
             return;
         };
         if !job.first_sighting(key) {
@@ -789,7 +854,8 @@ impl Session {
                 &pool,
                 &submit,
                 Some(&job),
-            );
+            )
+            .await;
             return;
         }
         let block = share.meets(&job.network_target);
@@ -844,12 +910,28 @@ impl Session {
             });
             return;
         }
-        stats.shares_accepted.fetch_add(1, Relaxed);
-        stats.share_difficulty.observe(difficulty.to_f64());
-        worker_stats.add_accepted(difficulty.to_f64());
-        self.out.extend(result_line(id, "true"));
-        if let Some(event) = event {
-            self.shared.emit(Event::Share(event));
+        match event {
+            Some(mut event) if self.durable => {
+                let (ack, stored) = DurableAck::new();
+                event.durable = Some(ack);
+                self.shared.emit_share(Event::Share(event)).await;
+                self.unacked.push_back(Unacked {
+                    request_id: id.to_string(),
+                    stored,
+                    deadline: Instant::now() + self.shared.config().storage.write_timeout,
+                    worker: worker_stats,
+                    difficulty: difficulty.to_f64(),
+                });
+            }
+            event => {
+                stats.shares_accepted.fetch_add(1, Relaxed);
+                stats.share_difficulty.observe(difficulty.to_f64());
+                worker_stats.add_accepted(difficulty.to_f64());
+                self.out.extend(result_line(id, "true"));
+                if let Some(event) = event {
+                    self.shared.emit_share(Event::Share(event)).await;
+                }
+            }
         }
         if let Some(d) = self
             .vardiff
@@ -860,7 +942,33 @@ impl Session {
         }
     }
 
-    fn on_verdict(&mut self, v: Verdict) {
+    /// Durable mode: the writer has answered for a valid share (or its deadline passed).
+    /// Stored: "accepted". Not stored: the miner hears so (code 20) rather than a promise the
+    /// records cannot keep.
+    fn acknowledged(&mut self, u: Unacked, stored: bool) {
+        let stats = &self.shared.stats;
+        if stored {
+            stats.shares_accepted.fetch_add(1, Relaxed);
+            stats.share_difficulty.observe(u.difficulty);
+            u.worker.add_accepted(u.difficulty);
+            self.out.extend(result_line(&u.request_id, "true"));
+            return;
+        }
+        tracing::error!(
+            conn = self.id,
+            "valid share could not be stored; answered with an error"
+        );
+        stats.shares_unstored.fetch_add(1, Relaxed);
+        stats.rejected(loka_stratum::error::ErrorCode::Other);
+        u.worker.rejected.fetch_add(1, Relaxed);
+        self.out.extend(error_line(
+            &u.request_id,
+            "false",
+            &StratumError::other("share could not be stored"),
+        ));
+    }
+
+    async fn on_verdict(&mut self, v: Verdict) {
         let Some(pos) = self
             .awaiting
             .iter()
@@ -871,26 +979,41 @@ impl Session {
         let Some(mut a) = self.awaiting.remove(pos) else {
             return;
         };
-        let stats = &self.shared.stats;
+        let stats = self.shared.stats.clone();
         match v.result {
-            Ok(()) => {
-                stats.shares_accepted.fetch_add(1, Relaxed);
-                stats.share_difficulty.observe(a.difficulty);
-                a.worker.add_accepted(a.difficulty);
-                self.out.extend(result_line(&v.request_id, "true"));
-            }
+            Ok(()) => match a.event.take() {
+                Some(mut event) if self.durable => {
+                    let (ack, stored) = DurableAck::new();
+                    event.durable = Some(ack);
+                    self.shared.emit_share(Event::Share(event)).await;
+                    self.unacked.push_back(Unacked {
+                        request_id: v.request_id,
+                        stored,
+                        deadline: Instant::now() + self.shared.config().storage.write_timeout,
+                        worker: a.worker,
+                        difficulty: a.difficulty,
+                    });
+                }
+                event => {
+                    stats.shares_accepted.fetch_add(1, Relaxed);
+                    stats.share_difficulty.observe(a.difficulty);
+                    a.worker.add_accepted(a.difficulty);
+                    self.out.extend(result_line(&v.request_id, "true"));
+                    if let Some(event) = event {
+                        self.shared.emit_share(Event::Share(event)).await;
+                    }
+                }
+            },
             Err(e) => {
                 stats.rejected(e.code);
                 a.worker.rejected.fetch_add(1, Relaxed);
-                if let Some(ev) = a.event.as_mut() {
+                if let Some(mut ev) = a.event.take() {
                     ev.accepted = false;
                     ev.reject_reason = Some("upstream_rejected");
+                    self.shared.emit_share(Event::Share(ev)).await;
                 }
                 self.out.extend(error_line(&v.request_id, "false", &e));
             }
-        }
-        if let Some(ev) = a.event {
-            self.shared.emit(Event::Share(ev));
         }
     }
 
@@ -921,11 +1044,12 @@ impl Session {
             block_candidate: false,
             block_hash: None,
             forwarded: false,
+            durable: None,
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn reject(
+    async fn reject(
         &mut self,
         id: &str,
         err: &StratumError,
@@ -947,7 +1071,7 @@ impl Session {
                 difficulty,
                 Some(err.code.reason()),
             );
-            self.shared.emit(Event::Share(event));
+            self.shared.emit_share(Event::Share(event)).await;
         }
     }
 }

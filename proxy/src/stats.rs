@@ -26,8 +26,14 @@ pub struct Stats {
     /// Notify messages written to miners.
     pub jobs_distributed: AtomicU64,
     pub protocol_errors: AtomicU64,
-    /// Share events the storage queue could not take.
+    /// Events the storage queue could not take (connection events when it was full; any
+    /// event once the writer has stopped). Share events wait for room instead.
     pub events_dropped: AtomicU64,
+    /// Share events that found the storage queue full and waited for room.
+    pub events_waited: AtomicU64,
+    /// Accepted shares answered with an error because they could not be made durable
+    /// (`storage.acknowledge = "durable"`).
+    pub shares_unstored: AtomicU64,
     /// Lines (messages) and bytes received from miners.
     pub messages_received: AtomicU64,
     pub bytes_received: AtomicU64,
@@ -91,6 +97,8 @@ impl Default for Stats {
             jobs_distributed: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
+            events_waited: AtomicU64::new(0),
+            shares_unstored: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             submit_latency: Histogram::new(SUBMIT_LATENCY_BUCKETS.to_vec()),

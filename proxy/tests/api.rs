@@ -765,3 +765,107 @@ async fn stratum_over_websocket_mines_like_tcp() {
     let r = next_json(&mut c).await;
     assert_eq!(r, json!({"id": 3, "result": true, "error": null}));
 }
+
+/// Worker history comes from the share store: after a restart the proxy has no live worker,
+/// yet `?window=` lists the stored one as offline and its history endpoint has its shares.
+/// The first run acknowledges durably (SQLite), so every share the miner heard "accepted"
+/// for is already stored when it is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_history_is_read_from_the_store_across_a_restart() {
+    let dir = std::env::temp_dir().join(format!(
+        "loka-api-history-{}-{}",
+        std::process::id(),
+        loka_store::uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let with_store = |cfg: &mut Config| {
+        cfg.storage.enabled = true;
+        cfg.storage.database_url = String::new();
+        cfg.storage.sqlite_path = dir.join("loka.db").display().to_string();
+        cfg.storage.spool_dir = dir.join("spool").display().to_string();
+        cfg.storage.acknowledge = loka_config::AckPolicy::Durable;
+    };
+    let pool = pool().await;
+    let start = |cfg: Config| async move {
+        let (store, tx) = loka_proxy::proxy::start_storage(&cfg).await.unwrap();
+        let pools = loka_proxy::proxy::resolve_pools(&cfg, |_| None).unwrap();
+        let proxy = loka_proxy::proxy::start(cfg, pools, Some(tx))
+            .await
+            .unwrap();
+        proxy.set_store_probe(store.clone());
+        (proxy, store)
+    };
+
+    let mut cfg = api_config(&[pool.addr()]);
+    with_store(&mut cfg);
+    let (proxy, store) = start(cfg.clone()).await;
+    let miner = SimMiner::spawn(MinerConfig {
+        hashrate: Some(50_000.0),
+        ..MinerConfig::new(proxy.stratum_addr, "carol.rig1")
+    });
+    miner.wait_for(|s| s.accepted >= 8, WAIT).await.unwrap();
+    miner.stop();
+    let told = miner.stats().accepted;
+    proxy.drain(Duration::from_secs(2)).await;
+    let report = store.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.spool_bytes, 0, "{report:?}");
+
+    let (proxy, store) = start(cfg).await;
+    let base = format!("http://{}", proxy.api_addr.unwrap());
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let req = http.get(format!("{base}{path}"));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, live) = get("/stats/workers").await;
+    assert_eq!(status, 200);
+    assert_eq!(live["total_workers"], 0, "{live}");
+
+    let (status, all) = get("/stats/workers?window=1h").await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["total_workers"], 1, "{all}");
+    let carol = &all["workers"][0];
+    assert_eq!(carol["id"], "carol.rig1");
+    assert_eq!(carol["status"], "offline");
+    assert_eq!(carol["source"], "database");
+    assert_eq!(carol["pool"], "pool0");
+    let stored = carol["shares"]["accepted"].as_u64().unwrap();
+    assert!(stored >= told, "told {told} accepted, stored {stored}");
+    assert_eq!(carol["shares"]["rejected"], 0);
+    assert!(carol["hashrate"].as_str().unwrap().ends_with("H/s"));
+    let (_, active_only) = get("/stats/workers?window=1h&status=active").await;
+    assert_eq!(active_only["workers"].as_array().unwrap().len(), 0);
+
+    let (status, h) = get("/stats/workers/carol.rig1/history?window=1h&bucket=10m").await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["worker"], "carol.rig1");
+    assert_eq!(h["bucket"], "10m");
+    assert_eq!(h["shares"]["accepted"].as_u64().unwrap(), stored);
+    let points = h["points"].as_array().unwrap();
+    assert!(!points.is_empty());
+    let summed: u64 = points.iter().map(|p| p["accepted"].as_u64().unwrap()).sum();
+    assert_eq!(summed, stored);
+
+    for bad in [
+        "/stats/workers?window=soon",
+        "/stats/workers/carol.rig1/history?window=0s",
+        "/stats/workers/carol.rig1/history?window=1h&bucket=2h",
+        "/stats/workers/carol.rig1/history?window=365d",
+    ] {
+        let (status, e) = get(bad).await;
+        assert_eq!(status, 400, "{bad}: {e}");
+        assert_eq!(e["error"]["code"], "VALIDATION_INVALID_PARAMETER", "{bad}");
+    }
+    proxy.drain(Duration::from_secs(1)).await;
+    store.shutdown(Duration::from_secs(2)).await;
+
+    // Without a store there is no history to read: said so, not an empty list.
+    let f = fixture_with(|_| {}).await;
+    let (status, e) = f.get("/stats/workers/carol.rig1/history").await;
+    assert_eq!(status, 503);
+    assert_eq!(e["error"]["code"], "DATABASE_DISABLED");
+    let _ = std::fs::remove_dir_all(&dir);
+}

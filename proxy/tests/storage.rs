@@ -3,7 +3,11 @@
 //! proxy process is killed with SIGKILL holding spooled shares. Every share a miner was told
 //! was accepted must be in `submissions`, exactly once.
 //!
-//! One test function runs both scenarios in turn: each stops the server all tests share.
+//! With `storage.acknowledge = "durable"` the proxy is killed while the miners are still
+//! mining, with no grace period: a share the miner heard "accepted" for is committed or
+//! spooled, so nothing it was told may be missing.
+//!
+//! One test function runs the scenarios in turn: each stops the server all tests share.
 
 mod common;
 
@@ -33,6 +37,12 @@ async fn stop(miners: Vec<MinerHandle>, prefix: &str) -> BTreeMap<String, (u64, 
     let mut out = BTreeMap::new();
     for (i, m) in miners.into_iter().enumerate() {
         m.stop();
+        // abort() lands at the task's next await: a poll running on another thread may
+        // still send one more submit. Count only once the task has ended.
+        wait_until("the miner task to end", Duration::from_secs(5), || {
+            m.is_finished()
+        })
+        .await;
         let s = m.stats();
         out.insert(format!("{prefix}.rig{i}"), (s.accepted, s.submitted));
     }
@@ -124,6 +134,8 @@ async fn no_accepted_share_is_lost_when_postgres_or_the_proxy_dies() {
     let _restart = RestartPg;
     postgres_restarts_mid_run().await;
     proxy_killed_with_sigkill_while_spooling().await;
+    durable_acks_survive_sigkill_mid_mining(false).await;
+    durable_acks_survive_sigkill_mid_mining(true).await;
 }
 
 async fn postgres_restarts_mid_run() {
@@ -304,4 +316,56 @@ async fn proxy_killed_with_sigkill_while_spooling() {
     );
     let after = share_counts(&url).await.unwrap();
     assert_eq!(after.rows, after.distinct);
+}
+
+/// `acknowledge = "durable"`: SIGKILL while miners are mining, at once; with PostgreSQL up
+/// (acks after commit) or down (acks after the spool append).
+async fn durable_acks_survive_sigkill_mid_mining(pg_down: bool) {
+    let url = fresh_pg_database().await;
+    let dir = TempDir::new();
+    let spool = dir.path().join("spool");
+    let pool = pool().await;
+    let port = free_port();
+    let mut cfg = config(&[pool.addr()], Mode::Aggregate);
+    cfg.server.port = port;
+    storage(&mut cfg, &url, &spool);
+    cfg.storage.acknowledge = loka_config::AckPolicy::Durable;
+    cfg.logging.level = "info".into();
+    let path = dir.path().join("loka.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let log = dir.path().join("proxy.log");
+    let prefix = if pg_down { "durablespool" } else { "durabledb" };
+
+    if pg_down {
+        pg_stop();
+    }
+    let mut child = spawn_proxy(&path, &log);
+    wait_listening(port, &log).await;
+    let ms = miners(&format!("127.0.0.1:{port}"), prefix, 3);
+    for m in &ms {
+        m.wait_for(|s| s.accepted >= 15, WAIT).await.unwrap();
+    }
+    // The miners are still submitting: the kill lands between shares in every state.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    drop(child);
+    let told = stop(ms, prefix).await;
+
+    if pg_down {
+        pg_start();
+    }
+    let mut child = spawn_proxy(&path, &log);
+    // With PostgreSQL up the rows are there before the restart; the restart must still
+    // replay (spool) and stop cleanly, so wait until it serves before stopping it.
+    wait_listening(port, &log).await;
+    let c = wait_for_rows(&url, &told, Duration::from_secs(30)).await;
+    check(&told, &c);
+    let pid = child.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "loka-proxy exit: {status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }

@@ -222,6 +222,19 @@ pub struct StorageConfig {
     pub retention_months: u32,
     /// Size at which the spool starts a new segment file.
     pub spool_segment_bytes: u64,
+    /// When a miner hears "accepted": `validated` (at once; a crash can lose the shares of
+    /// the last `flush_interval`) or `durable` (once the share is committed to the database
+    /// or written to the spool; costs the submit a database round-trip, batches are group
+    /// committed). With `durable`, `fsync = "always"` extends the promise to power loss.
+    pub acknowledge: AckPolicy,
+}
+
+/// When an accepted share is answered (see [`StorageConfig::acknowledge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AckPolicy {
+    Validated,
+    Durable,
 }
 
 /// When the spool calls fsync.
@@ -390,6 +403,7 @@ impl Default for StorageConfig {
             partitions_ahead: 2,
             retention_months: 0,
             spool_segment_bytes: 64 * 1024 * 1024,
+            acknowledge: AckPolicy::Validated,
         }
     }
 }
@@ -642,6 +656,14 @@ mod storage_tests {
         );
         assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
         assert!(Config::from_toml("[storage]\nfsync = 'sometimes'\n").is_err());
+        assert_eq!(s.acknowledge, AckPolicy::Validated);
+        let durable = Config::from_toml("[storage]\nacknowledge = 'durable'\n").unwrap();
+        assert_eq!(durable.storage.acknowledge, AckPolicy::Durable);
+        assert_eq!(Config::from_toml(&durable.to_toml()).unwrap(), durable);
+        let err = Config::from_toml("[storage]\nacknowledge = 'eventually'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("acknowledge"), "{err}");
     }
 
     #[test]

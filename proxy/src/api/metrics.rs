@@ -93,8 +93,18 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
         ),
         (
             "loka_stratum_events_dropped",
-            "Share events the storage queue could not take",
+            "Events the storage queue could not take (connection events while full; any after the writer stopped)",
             vec![(vec![], s.events_dropped.load(Relaxed))],
+        ),
+        (
+            "loka_stratum_events_waited",
+            "Share events that found the storage queue full and waited for room",
+            vec![(vec![], s.events_waited.load(Relaxed))],
+        ),
+        (
+            "loka_stratum_shares_unstored",
+            "Valid shares answered with an error because they could not be made durable",
+            vec![(vec![], s.shares_unstored.load(Relaxed))],
         ),
         (
             "loka_stratum_messages_received",

@@ -46,9 +46,47 @@ pub trait StoreProbe: Send + Sync + 'static {
     fn queue_depth(&self) -> u64;
     /// Bytes held in the spool.
     fn spool_bytes(&self) -> u64;
+    /// Workers with activity within `window`, from the database (at most `limit`).
+    fn worker_stats(
+        &self,
+        window: Duration,
+        limit: i64,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<loka_store::stats::WorkerStats>, String>>;
+    /// One worker's shares over `window` in buckets of `bucket`, from the database.
+    fn worker_history(
+        &self,
+        worker: String,
+        window: Duration,
+        bucket: Duration,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<loka_store::stats::HistoryPoint>, String>>;
 }
 
 impl StoreProbe for loka_store::StoreHandle {
+    fn worker_stats(
+        &self,
+        window: Duration,
+        limit: i64,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<loka_store::stats::WorkerStats>, String>> {
+        Box::pin(async move {
+            self.store()
+                .worker_stats(window, limit, None)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+    fn worker_history(
+        &self,
+        worker: String,
+        window: Duration,
+        bucket: Duration,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<loka_store::stats::HistoryPoint>, String>> {
+        Box::pin(async move {
+            self.store()
+                .worker_history(&worker, window, bucket)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
     fn ready(&self) -> bool {
         let s = self.status();
         s.db_up || (s.spool_errors == 0 && s.records_lost == 0)
@@ -174,6 +212,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/config/reload", post(config_reload))
         .route("/stats", get(stats))
         .route("/stats/workers", get(stats_workers))
+        .route("/stats/workers/{worker}/history", get(worker_history))
         .route("/admin/stats", get(admin_stats))
         .route("/auth/token", post(token))
         .route("/metrics/prometheus", get(metrics::prometheus))
@@ -680,12 +719,129 @@ struct WorkersQuery {
     limit: Option<usize>,
     offset: Option<usize>,
     status: Option<String>,
+    /// With a share store: also list workers seen in the database within this window (e.g.
+    /// `24h`) that are not connected now, as `offline`, with their stored shares.
+    window: Option<String>,
+}
+
+/// Longest window the database read side is asked for.
+const MAX_HISTORY_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// A duration query parameter (`90s`, `10m`, `24h`, `7d`), checked against `max`.
+fn duration_param(name: &str, value: &str, max: Duration) -> Result<Duration, ApiError> {
+    let d = humantime::parse_duration(value).map_err(|e| {
+        ApiError::bad_request(
+            "VALIDATION_INVALID_PARAMETER",
+            format!("{name}: {value:?} is not a duration like 10m, 24h or 7d ({e})"),
+        )
+    })?;
+    if d.is_zero() || d > max {
+        return Err(ApiError::bad_request(
+            "VALIDATION_INVALID_PARAMETER",
+            format!(
+                "{name}: must be more than 0 and at most {}",
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn store_for_history(st: &ApiState) -> Result<&Arc<dyn StoreProbe>, ApiError> {
+    st.store.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DATABASE_DISABLED",
+            "Share storage is off ([storage] enabled = false): there is no history to read",
+        )
+    })
+}
+
+fn store_read_error(e: String) -> ApiError {
+    tracing::warn!(error = %e, "reading worker history from the store failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        "The share database did not answer; live figures remain at /stats/workers",
+    )
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    window: Option<String>,
+    bucket: Option<String>,
+}
+
+/// `GET /stats/workers/{worker}/history?window=24h&bucket=1h`: one worker's stored shares
+/// in time buckets (for charts), read from the database.
+async fn worker_history(
+    State(st): State<Arc<ApiState>>,
+    axum::extract::Path(worker): axum::extract::Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let window = match q.window.as_deref() {
+        Some(w) => duration_param("window", w, MAX_HISTORY_WINDOW)?,
+        None => Duration::from_secs(24 * 3600),
+    };
+    let bucket = match q.bucket.as_deref() {
+        Some(b) => duration_param("bucket", b, window)?,
+        None => (window / 24).max(Duration::from_secs(60)).min(window),
+    };
+    if bucket.as_secs() == 0 || window.as_secs() / bucket.as_secs() > 10_000 {
+        return Err(ApiError::bad_request(
+            "VALIDATION_INVALID_PARAMETER",
+            "bucket: at least 1s and at most 10000 buckets per window",
+        ));
+    }
+    let store = store_for_history(&st)?;
+    let points = store
+        .worker_history(worker.clone(), window, bucket)
+        .await
+        .map_err(store_read_error)?;
+    let totals = points
+        .iter()
+        .fold((0i64, 0i64), |(s, a), p| (s + p.submitted, a + p.accepted));
+    let points: Vec<Value> = points
+        .iter()
+        .map(|p| {
+            json!({
+                "at": p.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "submitted": p.submitted,
+                "accepted": p.accepted,
+                "rejected": p.submitted - p.accepted,
+                "accepted_difficulty": p.accepted_difficulty.to_string(),
+                "hashrate": format_hashrate(p.hashrate_hs),
+                "hashrate_hs": p.hashrate_hs,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "worker": worker,
+        "window": humantime::format_duration(window).to_string(),
+        "bucket": humantime::format_duration(bucket).to_string(),
+        "shares": {"submitted": totals.0, "accepted": totals.1, "rejected": totals.0 - totals.1},
+        "points": points,
+    })))
 }
 
 async fn stats_workers(
     State(st): State<Arc<ApiState>>,
     Query(q): Query<WorkersQuery>,
-) -> Json<Value> {
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    // Offline workers from the database, when asked (read before the live snapshot).
+    let stored = match q.window.as_deref() {
+        Some(w) => {
+            let window = duration_param("window", w, MAX_HISTORY_WINDOW)?;
+            let store = store_for_history(&st)?;
+            let rows = store
+                .worker_stats(window, 100_000)
+                .await
+                .map_err(store_read_error)?;
+            Some(rows)
+        }
+        None => None,
+    };
     let rates = st.sampler.latest.read().hashrates.clone();
     let pool = st
         .shared
@@ -706,13 +862,25 @@ async fn stats_workers(
             "active"
         }
     };
-    let total = workers.len();
+    // Stored workers the proxy does not know now (it restarted, or they left long ago).
+    let known: std::collections::HashSet<&str> = workers.iter().map(|w| w.name.as_str()).collect();
+    let mut offline: Vec<loka_store::stats::WorkerStats> = stored
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !known.contains(r.worker_name.as_str()))
+        .collect();
+    offline.sort_by(|a, b| a.worker_name.cmp(&b.worker_name));
+    let total = workers.len() + offline.len();
     let active = workers.iter().filter(|w| status_of(w) == "active").count();
-    let list: Vec<Value> = workers
+    let live = workers
         .iter()
-        .filter(|w| q.status.as_deref().is_none_or(|s| s == status_of(w)))
-        .skip(q.offset.unwrap_or(0))
-        .take(q.limit.unwrap_or(1000).min(10_000))
+        .filter(|w| q.status.as_deref().is_none_or(|s| s == status_of(w)));
+    let offline_wanted = q.status.as_deref().is_none_or(|s| s == "offline");
+    let skip = q.offset.unwrap_or(0);
+    let mut list: Vec<Value> = live
+        .clone()
+        .skip(skip)
+        .take(limit)
         .map(|w| {
             let submitted = w.submitted.load(Relaxed);
             let accepted = w.accepted.load(Relaxed);
@@ -736,7 +904,37 @@ async fn stats_workers(
             })
         })
         .collect();
-    Json(json!({"total_workers": total, "active_workers": active, "workers": list}))
+    if offline_wanted && list.len() < limit {
+        let skip = skip.saturating_sub(live.count());
+        list.extend(offline.iter().skip(skip).take(limit - list.len()).map(|r| {
+            let rate = if r.submitted == 0 {
+                0.0
+            } else {
+                (r.accepted as f64 * 10000.0 / r.submitted as f64).round() / 100.0
+            };
+            json!({
+                "id": r.worker_name,
+                "pool": r.pool,
+                "connected_at": r.connected_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                "last_activity": r.last_activity.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                "shares": {
+                    "submitted": r.submitted,
+                    "accepted": r.accepted,
+                    "rejected": r.rejected,
+                    "acceptance_rate": rate,
+                },
+                "hashrate": format_hashrate(r.hashrate_hs),
+                "hashrate_hs": {"window": r.hashrate_hs},
+                "difficulty": Value::Null,
+                "connections": 0,
+                "status": "offline",
+                "source": "database",
+            })
+        }));
+    }
+    Ok(Json(
+        json!({"total_workers": total, "active_workers": active, "workers": list}),
+    ))
 }
 
 async fn admin_stats(
@@ -779,6 +977,8 @@ async fn admin_stats(
         },
         "block_candidates": s.block_candidates.load(Relaxed),
         "events_dropped": s.events_dropped.load(Relaxed),
+        "events_waited": s.events_waited.load(Relaxed),
+        "shares_unstored": s.shares_unstored.load(Relaxed),
         "extranonce": {"prefix_size": alloc.size(), "in_use": alloc.in_use(), "capacity": alloc.capacity()},
         "upstream": upstream,
         "store_queue_depth": st.store.get().map(|p| p.queue_depth()),

@@ -82,6 +82,7 @@ fn main() {
                     block_candidate: false,
                     block_hash: None,
                     forwarded: true,
+                    durable: None,
                 })
             })
             .collect();

@@ -1,10 +1,13 @@
-//! Share and connection events leaving the Stratum path. The path never waits on a consumer:
-//! events go into a bounded queue with `try_send`; a full queue is counted, never blocks.
+//! Share and connection events leaving the Stratum path, through a bounded queue. Shares are
+//! never dropped: when the queue is full the submitting session waits for room (and is
+//! counted), so a stalled writer slows miners' replies instead of losing what they are owed.
+//! Connection events that find the queue full are dropped and counted.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// One judged share: every share a miner submits produces exactly one.
 #[derive(Debug, Clone)]
@@ -30,6 +33,33 @@ pub struct ShareEvent {
     /// Block hash in explorer byte order, for block candidates.
     pub block_hash: Option<String>,
     pub forwarded: bool,
+    /// With `storage.acknowledge = "durable"`: fired once the share's record is committed to
+    /// the database or fsynced into the spool (dropped unfired if neither could take it).
+    pub durable: Option<DurableAck>,
+}
+
+/// The writer's signal that a record is durable. Cloning shares the one signal (the API's
+/// copy of an event carries it too but never fires it); the first [`DurableAck::fire`] wins.
+#[derive(Clone)]
+pub struct DurableAck(Arc<Mutex<Option<oneshot::Sender<()>>>>);
+
+impl DurableAck {
+    /// The signal and the receiver the session waits on.
+    pub fn new() -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(Arc::new(Mutex::new(Some(tx)))), rx)
+    }
+
+    /// Take the sender (the writer does this once it holds the record).
+    pub fn take(&self) -> Option<oneshot::Sender<()>> {
+        self.0.lock().take()
+    }
+}
+
+impl std::fmt::Debug for DurableAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DurableAck")
+    }
 }
 
 /// Connection lifecycle events.
@@ -64,6 +94,14 @@ pub enum Event {
     Connection(ConnectionEvent),
 }
 
+/// How [`EventSink::deliver`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    Now,
+    Waited,
+    Closed,
+}
+
 /// The sending side handed to every session.
 #[derive(Debug, Clone, Default)]
 pub struct EventSink {
@@ -90,6 +128,23 @@ impl EventSink {
         match &self.tx {
             Some(tx) => tx.try_send(event).is_ok(),
             None => true,
+        }
+    }
+
+    /// Hand an event over, waiting for room when the queue is full (backpressure instead of
+    /// a lost share). Returns `Delivered::Waited` when it had to wait, `Closed` when the
+    /// writer is gone.
+    pub async fn deliver(&self, event: Event) -> Delivered {
+        let Some(tx) = &self.tx else {
+            return Delivered::Now;
+        };
+        match tx.try_send(event) {
+            Ok(()) => Delivered::Now,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Closed,
+            Err(mpsc::error::TrySendError::Full(event)) => match tx.send(event).await {
+                Ok(()) => Delivered::Waited,
+                Err(_) => Delivered::Closed,
+            },
         }
     }
 }

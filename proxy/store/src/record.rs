@@ -384,6 +384,7 @@ pub(crate) mod tests {
             block_candidate: false,
             block_hash: None,
             forwarded: accepted,
+            durable: None,
         }
     }
 

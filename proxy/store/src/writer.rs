@@ -24,8 +24,9 @@ use crate::{Error, PoolInfo, Result};
 use loka_config::StorageConfig;
 use parking_lot::Mutex;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -46,6 +47,14 @@ pub struct WriterOptions {
     pub slow_batch: Duration,
     /// Batches written concurrently (each on its own connection).
     pub parallel: usize,
+    /// Sessions wait for their shares to be durable (`storage.acknowledge = "durable"`):
+    /// a batch goes out as soon as a sink is idle (group commit) instead of waiting for
+    /// `flush_interval`.
+    pub group_commit: bool,
+    /// Run the writer on its own OS thread (with its own single-threaded runtime) instead of
+    /// the caller's runtime: turning events into records and encoding a batch then never
+    /// holds up a runtime worker that miners' sessions are waiting on.
+    pub dedicated_thread: bool,
 }
 
 impl WriterOptions {
@@ -70,6 +79,8 @@ impl WriterOptions {
             max_backoff: Duration::from_secs(5),
             slow_batch: Duration::from_secs(1),
             parallel: (cfg.max_connections as usize / 2).clamp(1, 4),
+            group_commit: cfg.acknowledge == loka_config::AckPolicy::Durable,
+            dedicated_thread: false,
         }
     }
 }
@@ -282,6 +293,8 @@ pub fn spawn_writer(
         spool,
         metrics: metrics.clone(),
         pending: Vec::new(),
+        pending_base: 0,
+        acks: BTreeMap::new(),
         pending_since: None,
         inflight: VecDeque::new(),
         replay_next: None,
@@ -290,7 +303,11 @@ pub fn spawn_writer(
         backoff: Duration::from_millis(100),
         opts,
     };
-    let task = tokio::spawn(writer.run(stop_rx));
+    let task = if writer.opts.dedicated_thread {
+        run_on_own_thread(writer, stop_rx)?
+    } else {
+        tokio::spawn(writer.run(stop_rx))
+    };
     Ok(StoreHandle {
         metrics,
         store,
@@ -301,10 +318,47 @@ pub fn spawn_writer(
     })
 }
 
+/// Start the writer on a thread of its own; the returned task (on the caller's runtime)
+/// yields its report. Aborting that task aborts the writer too.
+fn run_on_own_thread(
+    writer: Writer,
+    stop: oneshot::Receiver<Instant>,
+) -> Result<JoinHandle<ShutdownReport>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("writer runtime: {e}")))?;
+    let inner = rt.spawn(writer.run(stop));
+    let abort = inner.abort_handle();
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("loka-store-writer".into())
+        .spawn(move || {
+            let r = rt.block_on(inner);
+            let _ = done_tx.send(r);
+        })
+        .map_err(|e| Error::Invalid(format!("writer thread: {e}")))?;
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    Ok(tokio::spawn(async move {
+        // Aborting this task (StoreHandle::abort) drops the guard, which aborts the writer.
+        let _guard = AbortOnDrop(abort);
+        match done_rx.await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => std::panic::resume_unwind(Box::new(format!("storage writer: {e}"))),
+            Err(_) => std::panic::resume_unwind(Box::new("storage writer thread ended")),
+        }
+    }))
+}
+
 enum Source {
-    /// A batch from memory; the writer keeps a reference so it can spool it if the write
-    /// fails, times out, or the task dies.
-    Direct(Arc<Vec<Record>>),
+    /// A batch from memory, with the sequence numbers of its records; the writer keeps a
+    /// reference so it can spool it if the write fails, times out, or the task dies.
+    Direct(Arc<Vec<Record>>, Range<u64>),
     /// Frames of the spool up to the cursor, read in `epoch` (see [`Writer::epoch`]).
     Replay {
         cursor: Cursor,
@@ -333,6 +387,11 @@ struct Writer {
     spool: Spool,
     metrics: Arc<Metrics>,
     pending: Vec<Record>,
+    /// Sequence number of `pending[0]`: every record taken off the queue gets the next one,
+    /// so a batch is a range, and a durable range fires the acks inside it.
+    pending_base: u64,
+    /// Sessions waiting for a record to be durable, by sequence number.
+    acks: BTreeMap<u64, oneshot::Sender<()>>,
     pending_since: Option<Instant>,
     /// Writes in flight, oldest first; results are taken in this order, so spool cursors
     /// are committed in order.
@@ -385,7 +444,15 @@ impl Writer {
             .events_received
             .fetch_add(buf.len() as u64, Relaxed);
         for e in buf.drain(..) {
+            let ack = match &e {
+                Event::Share(s) => s.durable.as_ref().and_then(|a| a.take()),
+                Event::Connection(_) => None,
+            };
             if let Some(r) = self.recorder.record(e) {
+                if let Some(ack) = ack {
+                    self.acks
+                        .insert(self.pending_base + self.pending.len() as u64, ack);
+                }
                 self.pending.push(r);
             }
         }
@@ -416,18 +483,18 @@ impl Writer {
         for job in self.inflight.iter_mut() {
             if !job.spooled
                 && job.started.elapsed() >= slow
-                && let Source::Direct(batch) = &job.source
+                && let Source::Direct(batch, range) = &job.source
             {
                 job.spooled = true;
-                copies.push(batch.clone());
+                copies.push((batch.clone(), range.clone()));
             }
         }
-        for batch in copies {
+        for (batch, range) in copies {
             tracing::warn!(
                 rows = batch.len(),
                 "database write slow; spooling its batch"
             );
-            self.spool_batch(batch.as_ref().clone());
+            self.spool_batch(batch.as_ref().clone(), range);
         }
     }
 
@@ -475,19 +542,22 @@ impl Writer {
             let due = self
                 .pending_since
                 .is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
-                || self.pending.len() >= self.opts.batch_size;
+                || self.pending.len() >= self.opts.batch_size
+                || self.opts.group_commit;
             if !due || self.pending.is_empty() {
                 return;
             }
             let take = self.pending.len().min(self.opts.batch_size);
             let batch: Vec<Record> = self.pending.drain(..take).collect();
+            let range = self.pending_base..self.pending_base + take as u64;
+            self.pending_base = range.end;
             self.pending_since = if self.pending.is_empty() {
                 None
             } else {
                 Some(Instant::now())
             };
             let batch = Arc::new(batch);
-            self.launch(batch.clone(), Source::Direct(batch));
+            self.launch(batch.clone(), Source::Direct(batch, range));
         }
     }
 
@@ -544,6 +614,9 @@ impl Writer {
                     tracing::info!("database reachable; writing");
                 }
                 self.dead_letters(&o.dead);
+                if let Source::Direct(_, range) = &job.source {
+                    self.durable(range.clone());
+                }
                 self.retry_at = None;
                 self.backoff = Duration::from_millis(100);
                 if let Source::Replay {
@@ -574,12 +647,12 @@ impl Writer {
                 }
                 *self.metrics.last_error.lock() = Some(e.to_string());
                 match job.source {
-                    Source::Direct(records) if !job.spooled => {
+                    Source::Direct(records, range) if !job.spooled => {
                         let records =
                             Arc::try_unwrap(records).unwrap_or_else(|a| a.as_ref().clone());
-                        self.spool_batch(records);
+                        self.spool_batch(records, range);
                     }
-                    Source::Direct(_) => {}
+                    Source::Direct(..) => {}
                     Source::Replay { .. } => {
                         // Read again from the committed position; writes already launched
                         // after this one will not commit.
@@ -598,20 +671,51 @@ impl Writer {
             return;
         }
         let batch = std::mem::take(&mut self.pending);
+        let range = self.pending_base..self.pending_base + batch.len() as u64;
+        self.pending_base = range.end;
         self.pending_since = None;
-        self.spool_batch(batch);
+        self.spool_batch(batch, range);
+    }
+
+    /// The records numbered `range` are in the database or the spool: tell whoever waits.
+    fn durable(&mut self, range: Range<u64>) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = self.acks.range(range).map(|(k, _)| *k).collect();
+        for k in seqs {
+            if let Some(tx) = self.acks.remove(&k) {
+                let _ = tx.send(());
+            }
+        }
     }
 
     /// Into the spool; if even that fails, keep it in memory (bounded) and say so loudly.
-    fn spool_batch(&mut self, records: Vec<Record>) {
+    /// Spooled records are durable against a crash of the process once `append` returns (the
+    /// bytes are in the kernel), and against power loss as `fsync` says.
+    fn spool_batch(&mut self, records: Vec<Record>, range: Range<u64>) {
         match self.spool.append(&records) {
             Ok(()) => {
                 self.metrics
                     .records_spooled
                     .fetch_add(records.len() as u64, Relaxed);
+                self.durable(range);
             }
             Err(e) => {
                 self.spool_error(&e);
+                // Nobody waits any longer on these records nor on what is pending: their
+                // acks are dropped (the sessions answer that the share was not stored),
+                // and what is kept is numbered afresh past every number in use.
+                let seqs: Vec<u64> = self
+                    .acks
+                    .range(range.start..range.end)
+                    .chain(self.acks.range(self.pending_base..))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in seqs {
+                    self.acks.remove(&k);
+                }
+                self.pending_base = self.pending_base.max(range.end) + self.pending.len() as u64;
                 let mut keep = records;
                 keep.append(&mut self.pending);
                 let cap = 64 * self.opts.batch_size;
@@ -667,7 +771,7 @@ impl Writer {
             .inflight
             .iter()
             .map(|j| match &j.source {
-                Source::Direct(b) if !j.spooled => b.len(),
+                Source::Direct(b, _) if !j.spooled => b.len(),
                 _ => 0,
             })
             .sum();
@@ -683,16 +787,16 @@ impl Writer {
                 Ok(done) => self.finished(job, done),
                 Err(_) => {
                     tracing::warn!("write in flight at the shutdown deadline; spooling its batch");
-                    if let Source::Direct(batch) = &job.source
+                    if let Source::Direct(batch, range) = &job.source
                         && !job.spooled
                     {
-                        self.spool_batch(batch.as_ref().clone());
+                        self.spool_batch(batch.as_ref().clone(), range.clone());
                     }
                     for job in std::mem::take(&mut self.inflight) {
-                        if let Source::Direct(batch) = &job.source
+                        if let Source::Direct(batch, range) = &job.source
                             && !job.spooled
                         {
-                            self.spool_batch(batch.as_ref().clone());
+                            self.spool_batch(batch.as_ref().clone(), range.clone());
                         }
                     }
                     return false;

@@ -60,6 +60,7 @@ pub fn share_at(
         block_candidate: false,
         block_hash: None,
         forwarded: accepted,
+        durable: None,
     })
 }
 
