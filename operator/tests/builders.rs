@@ -135,6 +135,10 @@ fn config_follows_the_pool() {
         c.storage.database_url.is_empty(),
         "the URL comes from DATABASE_URL"
     );
+    assert_eq!(c.storage.acknowledge, loka_config::AckPolicy::Durable);
+    let (proxy, pool) = fixture("basic");
+    let basic = validate(&proxy, &pool).unwrap();
+    assert_eq!(basic.storage.acknowledge, loka_config::AckPolicy::Validated);
 }
 
 fn pod(d: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {

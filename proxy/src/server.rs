@@ -112,23 +112,33 @@ impl Shared {
         }
     }
 
-    /// Hand a share event over: to API subscribers without waiting, to the storage queue
-    /// waiting for room when it is full (a paid share is never dropped for want of room).
-    pub async fn emit_share(&self, event: Event) {
+    /// Hand a share event over without waiting: to API subscribers, and to the storage
+    /// queue. When that queue is full the event comes back: the caller must then await
+    /// [`Shared::emit_share_waiting`] (a paid share is never dropped for want of room). Two
+    /// steps so that sessions' futures carry only a boxed slow path, not a send future each.
+    #[must_use = "a share event that found the queue full must be sent with emit_share_waiting"]
+    pub fn try_emit_share(&self, event: Event) -> Option<Event> {
         if self.api_events.receiver_count() > 0 {
             let _ = self.api_events.send(event.clone());
         }
         if !self.events_enabled {
-            return;
+            return None;
         }
-        match self.events.deliver(event).await {
-            Delivered::Now => {}
-            Delivered::Waited => {
-                self.stats.events_waited.fetch_add(1, Relaxed);
-            }
+        match self.events.try_deliver(event) {
+            Delivered::Now => None,
+            Delivered::Full(event) => Some(*event),
             Delivered::Closed => {
                 self.stats.events_dropped.fetch_add(1, Relaxed);
+                None
             }
+        }
+    }
+
+    /// The slow path of [`Shared::try_emit_share`]: wait for room in the storage queue.
+    pub async fn emit_share_waiting(&self, event: Event) {
+        self.stats.events_waited.fetch_add(1, Relaxed);
+        if !self.events.send(event).await {
+            self.stats.events_dropped.fetch_add(1, Relaxed);
         }
     }
 

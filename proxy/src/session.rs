@@ -233,7 +233,9 @@ impl Session {
                 }
                 stored = async {
                     let u: &mut Unacked = unacked.front_mut().expect("guarded");
-                    tokio::time::timeout_at(u.deadline.into(), &mut u.stored).await
+                    // Boxed: the timer lives on the heap only while replies wait, instead of
+                    // in every session's future.
+                    Box::pin(tokio::time::timeout_at(u.deadline.into(), &mut u.stored)).await
                 }, if !unacked.is_empty() => {
                     let u = unacked.pop_front().expect("guarded");
                     self.acknowledged(u, matches!(stored, Ok(Ok(()))));
@@ -914,7 +916,9 @@ impl Session {
             Some(mut event) if self.durable => {
                 let (ack, stored) = DurableAck::new();
                 event.durable = Some(ack);
-                self.shared.emit_share(Event::Share(event)).await;
+                if let Some(e) = self.shared.try_emit_share(Event::Share(event)) {
+                    Box::pin(self.shared.emit_share_waiting(e)).await;
+                }
                 self.unacked.push_back(Unacked {
                     request_id: id.to_string(),
                     stored,
@@ -928,8 +932,10 @@ impl Session {
                 stats.share_difficulty.observe(difficulty.to_f64());
                 worker_stats.add_accepted(difficulty.to_f64());
                 self.out.extend(result_line(id, "true"));
-                if let Some(event) = event {
-                    self.shared.emit_share(Event::Share(event)).await;
+                if let Some(event) = event
+                    && let Some(e) = self.shared.try_emit_share(Event::Share(event))
+                {
+                    Box::pin(self.shared.emit_share_waiting(e)).await;
                 }
             }
         }
@@ -985,7 +991,9 @@ impl Session {
                 Some(mut event) if self.durable => {
                     let (ack, stored) = DurableAck::new();
                     event.durable = Some(ack);
-                    self.shared.emit_share(Event::Share(event)).await;
+                    if let Some(e) = self.shared.try_emit_share(Event::Share(event)) {
+                        Box::pin(self.shared.emit_share_waiting(e)).await;
+                    }
                     self.unacked.push_back(Unacked {
                         request_id: v.request_id,
                         stored,
@@ -999,8 +1007,10 @@ impl Session {
                     stats.share_difficulty.observe(a.difficulty);
                     a.worker.add_accepted(a.difficulty);
                     self.out.extend(result_line(&v.request_id, "true"));
-                    if let Some(event) = event {
-                        self.shared.emit_share(Event::Share(event)).await;
+                    if let Some(event) = event
+                        && let Some(e) = self.shared.try_emit_share(Event::Share(event))
+                    {
+                        Box::pin(self.shared.emit_share_waiting(e)).await;
                     }
                 }
             },
@@ -1010,7 +1020,9 @@ impl Session {
                 if let Some(mut ev) = a.event.take() {
                     ev.accepted = false;
                     ev.reject_reason = Some("upstream_rejected");
-                    self.shared.emit_share(Event::Share(ev)).await;
+                    if let Some(e) = self.shared.try_emit_share(Event::Share(ev)) {
+                        Box::pin(self.shared.emit_share_waiting(e)).await;
+                    }
                 }
                 self.out.extend(error_line(&v.request_id, "false", &e));
             }
@@ -1071,7 +1083,9 @@ impl Session {
                 difficulty,
                 Some(err.code.reason()),
             );
-            self.shared.emit_share(Event::Share(event)).await;
+            if let Some(e) = self.shared.try_emit_share(Event::Share(event)) {
+                Box::pin(self.shared.emit_share_waiting(e)).await;
+            }
         }
     }
 }

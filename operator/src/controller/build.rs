@@ -4,7 +4,9 @@
 //! Pure functions: no client, no clock, no randomness. The same inputs always give the same
 //! objects, so server-side apply is a no-op when nothing changed, and golden files pin them.
 
-use crate::crd::{Endpoint, PoolMode, SecretKeyRef, ServiceType, StratumPool, StratumProxy};
+use crate::crd::{
+    Acknowledge, Endpoint, PoolMode, SecretKeyRef, ServiceType, StratumPool, StratumProxy,
+};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -20,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
-use loka_config::{Config, LogFormat, Mode, PoolConfig};
+use loka_config::{AckPolicy, Config, LogFormat, Mode, PoolConfig};
 use rust_decimal::Decimal;
 use rust_decimal::prelude::FromPrimitive;
 use sha2::{Digest, Sha256};
@@ -184,6 +186,10 @@ pub fn proxy_config(proxy: &StratumProxy, pool: &StratumPool) -> Config {
         .collect();
     // The database URL, if any, comes from the DATABASE_URL environment variable.
     c.storage.sqlite_path = format!("{DATA_DIR}/loka.db");
+    c.storage.acknowledge = match s.acknowledge {
+        Acknowledge::Validated => AckPolicy::Validated,
+        Acknowledge::Durable => AckPolicy::Durable,
+    };
     c.logging.format = LogFormat::Json;
     c.logging.level = s.log_level.clone();
     c

@@ -85,6 +85,11 @@ pub struct StratumProxySpec {
     /// Share store. Without it each pod keeps an embedded SQLite file in an emptyDir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<Database>,
+    /// When a miner hears "accepted": `validated` (at once; a killed pod can lose the shares
+    /// of its last 100 ms) or `durable` (once the share is committed to the database or
+    /// written to the pod's spool; costs each submit a database round-trip).
+    #[serde(default)]
+    pub acknowledge: Acknowledge,
     /// Compute resources of the proxy container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -113,6 +118,15 @@ pub struct StratumProxySpec {
     /// Extra settings of the proxy pods.
     #[serde(default)]
     pub pod: PodSettings,
+}
+
+/// When accepted shares are answered (`storage.acknowledge` of the proxy).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Acknowledge {
+    #[default]
+    Validated,
+    Durable,
 }
 
 /// Reference to a StratumPool in the same namespace.

@@ -863,12 +863,16 @@ async fn stats_workers(
         }
     };
     // Stored workers the proxy does not know now (it restarted, or they left long ago).
-    let known: std::collections::HashSet<&str> = workers.iter().map(|w| w.name.as_str()).collect();
-    let mut offline: Vec<loka_store::stats::WorkerStats> = stored
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| !known.contains(r.worker_name.as_str()))
-        .collect();
+    let mut offline: Vec<loka_store::stats::WorkerStats> = match stored {
+        Some(rows) if !rows.is_empty() => {
+            let known: std::collections::HashSet<&str> =
+                workers.iter().map(|w| w.name.as_str()).collect();
+            rows.into_iter()
+                .filter(|r| !known.contains(r.worker_name.as_str()))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     offline.sort_by(|a, b| a.worker_name.cmp(&b.worker_name));
     let total = workers.len() + offline.len();
     let active = workers.iter().filter(|w| status_of(w) == "active").count();

@@ -94,11 +94,12 @@ pub enum Event {
     Connection(ConnectionEvent),
 }
 
-/// How [`EventSink::deliver`] went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How [`EventSink::try_deliver`] went.
+#[derive(Debug)]
 pub enum Delivered {
     Now,
-    Waited,
+    /// The queue is full: here is the event back.
+    Full(Box<Event>),
     Closed,
 }
 
@@ -131,20 +132,25 @@ impl EventSink {
         }
     }
 
-    /// Hand an event over, waiting for room when the queue is full (backpressure instead of
-    /// a lost share). Returns `Delivered::Waited` when it had to wait, `Closed` when the
-    /// writer is gone.
-    pub async fn deliver(&self, event: Event) -> Delivered {
+    /// Hand an event over without waiting; a full queue gives the event back
+    /// (`Delivered::Full`) for [`EventSink::send`], which waits for room.
+    pub fn try_deliver(&self, event: Event) -> Delivered {
         let Some(tx) = &self.tx else {
             return Delivered::Now;
         };
         match tx.try_send(event) {
             Ok(()) => Delivered::Now,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Closed,
-            Err(mpsc::error::TrySendError::Full(event)) => match tx.send(event).await {
-                Ok(()) => Delivered::Waited,
-                Err(_) => Delivered::Closed,
-            },
+            Err(mpsc::error::TrySendError::Full(event)) => Delivered::Full(Box::new(event)),
+        }
+    }
+
+    /// Hand an event over, waiting for room (backpressure instead of a lost share); false
+    /// when the writer is gone.
+    pub async fn send(&self, event: Event) -> bool {
+        match &self.tx {
+            Some(tx) => tx.send(event).await.is_ok(),
+            None => true,
         }
     }
 }

@@ -412,9 +412,19 @@ impl Writer {
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf: Vec<Event> = Vec::with_capacity(self.opts.batch_size);
+        // Linger between takes when a take found less than a batch: events then pile up in
+        // the queue without waking this thread for each one (a wake-up per share is a
+        // system call on the sending side). Group commit does not linger: sessions wait.
+        let linger = if self.opts.group_commit {
+            Duration::ZERO
+        } else {
+            (self.opts.flush_interval / 10).min(Duration::from_millis(10))
+        };
+        let mut take_at = Instant::now();
         let deadline = loop {
             self.schedule();
             self.gauges();
+            let may_take = Instant::now() >= take_at;
             tokio::select! {
                 biased;
                 done = async { (&mut self.inflight.front_mut().expect("checked").handle).await }, if !self.inflight.is_empty() => {
@@ -422,13 +432,17 @@ impl Writer {
                     self.finished(job, done);
                 }
                 at = &mut stop => break at.unwrap_or_else(|_| Instant::now()),
-                n = self.rx.recv_many(&mut buf, self.opts.batch_size) => {
+                n = self.rx.recv_many(&mut buf, self.opts.batch_size), if may_take => {
                     if n == 0 {
                         // every sender is gone: the proxy has stopped
                         break Instant::now() + Duration::from_secs(5);
                     }
                     self.take(&mut buf);
+                    if n < self.opts.batch_size {
+                        take_at = Instant::now() + linger;
+                    }
                 }
+                _ = tokio::time::sleep_until(take_at.into()), if !may_take => {}
                 _ = tick.tick() => {
                     if let Err(e) = self.spool.sync_if_due() {
                         self.spool_error(&e);
