@@ -79,6 +79,19 @@ async fn spans_are_exported_over_otlp_http() {
     });
     m.wait_for(|s| s.accepted >= 5, WAIT).await.unwrap();
     m.stop();
+    // The miner hears "accepted" after the proxy's own validation; an upstream_submit span
+    // ends when the pool's answer arrives. Wait for all five answers before stopping, or
+    // the spans may still be open when the provider flushes.
+    let upstream = proxy.shared.upstream.clone().expect("aggregate mode");
+    let answered = || {
+        use std::sync::atomic::Ordering::Relaxed;
+        upstream.status.submits_accepted.load(Relaxed)
+            + upstream.status.submits_rejected.load(Relaxed)
+    };
+    loka_store::testing::wait_until("the pool to answer every forwarded share", WAIT, || {
+        answered() >= 5
+    })
+    .await;
     proxy.drain(std::time::Duration::from_secs(5)).await;
     // Shutting the provider down flushes the batch.
     tokio::task::spawn_blocking(move || drop(guard))

@@ -515,10 +515,13 @@ impl Writer {
     /// Start writes while sinks are idle; move old batches to the spool if they cannot go.
     fn schedule(&mut self) {
         self.spool_slow_inflight();
+        // Sessions waiting on durability: into the spool at once rather than after a flush
+        // interval when the database cannot take it directly.
         let due = self
             .pending_since
             .is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
-            || self.pending.len() >= self.opts.batch_size;
+            || self.pending.len() >= self.opts.batch_size
+            || self.opts.group_commit;
         if self.degraded() && due {
             self.spool_pending();
         }
