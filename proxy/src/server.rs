@@ -101,50 +101,59 @@ impl Shared {
         self.events_enabled || self.api_events.receiver_count() > 0
     }
 
-    /// Hand an event to the storage queue and API subscribers without waiting; a full
-    /// storage queue is counted.
-    pub fn emit(&self, event: Event) {
+    /// To API subscribers (WebSocket/SSE), only while someone listens.
+    fn to_subscribers(&self, event: &Event) {
         if self.api_events.receiver_count() > 0 {
             let _ = self.api_events.send(event.clone());
         }
+    }
+
+    /// Hand a connection event to the storage queue and API subscribers without waiting; a
+    /// full storage queue drops it, counted.
+    pub fn emit(&self, event: Event) {
+        self.to_subscribers(&event);
         if self.events_enabled && !self.events.emit(event) {
             self.stats.events_dropped.fetch_add(1, Relaxed);
         }
     }
 
-    /// Hand a share event over without waiting: to API subscribers, and to the storage
-    /// queue. When that queue is full the event comes back: the caller must then await
-    /// [`Shared::emit_share_waiting`] (a paid share is never dropped for want of room). Two
-    /// steps so that sessions' futures carry only a boxed slow path, not a send future each.
-    #[must_use = "a share event that found the queue full must be sent with emit_share_waiting"]
-    pub fn try_emit_share(&self, event: Event) -> Option<Event> {
-        if self.api_events.receiver_count() > 0 {
-            let _ = self.api_events.send(event.clone());
-        }
+    /// Hand a share event to API subscribers and the storage queue. A paid share is never
+    /// dropped for want of room: when the queue is full the returned future waits for it.
+    /// The hand-over is done before this returns; the future is ready at once unless the
+    /// queue was full, and then it is boxed, so sessions' futures carry a pointer rather
+    /// than a send future at every call.
+    pub fn emit_share(
+        &self,
+        event: Event,
+    ) -> futures::future::Either<std::future::Ready<()>, futures::future::BoxFuture<'_, ()>> {
+        use futures::future::Either;
+        self.to_subscribers(&event);
         if !self.events_enabled {
-            return None;
+            return Either::Left(std::future::ready(()));
         }
         match self.events.try_deliver(event) {
-            Delivered::Now => None,
-            Delivered::Full(event) => Some(*event),
+            Delivered::Now => Either::Left(std::future::ready(())),
             Delivered::Closed => {
                 self.stats.events_dropped.fetch_add(1, Relaxed);
-                None
+                Either::Left(std::future::ready(()))
+            }
+            Delivered::Full(event) => {
+                self.stats.events_waited.fetch_add(1, Relaxed);
+                Either::Right(Box::pin(async move {
+                    if !self.events.send(*event).await {
+                        self.stats.events_dropped.fetch_add(1, Relaxed);
+                    }
+                }))
             }
         }
     }
 
-    /// The slow path of [`Shared::try_emit_share`]: wait for room in the storage queue.
-    pub async fn emit_share_waiting(&self, event: Event) {
-        self.stats.events_waited.fetch_add(1, Relaxed);
-        if !self.events.send(event).await {
-            self.stats.events_dropped.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Whether accepted shares are answered only once durable.
-    pub fn durable_ack(&self) -> bool {
-        self.events_enabled && self.config().storage.acknowledge == loka_config::AckPolicy::Durable
+    /// With durable acknowledgement, how long an accepted share's reply may wait for its
+    /// record to be stored; `None` when replies do not wait.
+    pub fn durable_wait(&self) -> Option<std::time::Duration> {
+        let storage = &self.config().storage;
+        (self.events_enabled && storage.acknowledge == loka_config::AckPolicy::Durable)
+            .then_some(storage.write_timeout)
     }
 
     /// Replace the configuration (config reload). Pools go to the upstream task.
@@ -272,7 +281,7 @@ where
         ConnectionInfo {
             connection_id: id,
             remote_addr: peer,
-            connected_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            connected_at: crate::api::now_rfc3339(),
             user_agent: None,
             workers: Vec::new(),
         },

@@ -115,8 +115,9 @@ pub struct Session {
     first_work_at: Option<Instant>,
     /// When the pool's job behind the notify being written arrived (fan-out delay).
     notify_received_at: Option<Instant>,
-    /// `storage.acknowledge = "durable"`: "accepted" only once the share is stored.
-    durable: bool,
+    /// `storage.acknowledge = "durable"`: "accepted" only once the share is stored, waiting
+    /// at most this long (`storage.write_timeout`).
+    durable: Option<Duration>,
     /// Durable mode: replies waiting for their shares to be stored, oldest first. The session
     /// goes on reading meanwhile, so a miner's pipelined submits share one group commit.
     unacked: VecDeque<Unacked>,
@@ -156,7 +157,7 @@ impl Session {
             close: None,
             first_work_at: None,
             notify_received_at: None,
-            durable: shared.durable_ack(),
+            durable: shared.durable_wait(),
             unacked: VecDeque::new(),
         }
     }
@@ -912,33 +913,8 @@ impl Session {
             });
             return;
         }
-        match event {
-            Some(mut event) if self.durable => {
-                let (ack, stored) = DurableAck::new();
-                event.durable = Some(ack);
-                if let Some(e) = self.shared.try_emit_share(Event::Share(event)) {
-                    Box::pin(self.shared.emit_share_waiting(e)).await;
-                }
-                self.unacked.push_back(Unacked {
-                    request_id: id.to_string(),
-                    stored,
-                    deadline: Instant::now() + self.shared.config().storage.write_timeout,
-                    worker: worker_stats,
-                    difficulty: difficulty.to_f64(),
-                });
-            }
-            event => {
-                stats.shares_accepted.fetch_add(1, Relaxed);
-                stats.share_difficulty.observe(difficulty.to_f64());
-                worker_stats.add_accepted(difficulty.to_f64());
-                self.out.extend(result_line(id, "true"));
-                if let Some(event) = event
-                    && let Some(e) = self.shared.try_emit_share(Event::Share(event))
-                {
-                    Box::pin(self.shared.emit_share_waiting(e)).await;
-                }
-            }
-        }
+        self.accept(id, event, worker_stats, difficulty.to_f64())
+            .await;
         if let Some(d) = self
             .vardiff
             .as_mut()
@@ -948,18 +924,55 @@ impl Session {
         }
     }
 
+    /// A share that is good (valid, and in passthrough accepted by the pool): "accepted" now,
+    /// or in durable mode once the writer says its record is stored ([`Self::acknowledged`]).
+    async fn accept(
+        &mut self,
+        request_id: &str,
+        event: Option<ShareEvent>,
+        worker: Arc<WorkerStats>,
+        difficulty: f64,
+    ) {
+        match event {
+            Some(mut event) if let Some(wait) = self.durable => {
+                let (ack, stored) = DurableAck::new();
+                event.durable = Some(ack);
+                self.shared.emit_share(Event::Share(event)).await;
+                self.unacked.push_back(Unacked {
+                    request_id: request_id.to_string(),
+                    stored,
+                    deadline: Instant::now() + wait,
+                    worker,
+                    difficulty,
+                });
+            }
+            event => {
+                self.credit(request_id, &worker, difficulty);
+                if let Some(event) = event {
+                    self.shared.emit_share(Event::Share(event)).await;
+                }
+            }
+        }
+    }
+
+    /// Count an accepted share and answer "accepted".
+    fn credit(&mut self, request_id: &str, worker: &WorkerStats, difficulty: f64) {
+        let stats = &self.shared.stats;
+        stats.shares_accepted.fetch_add(1, Relaxed);
+        stats.share_difficulty.observe(difficulty);
+        worker.add_accepted(difficulty);
+        self.out.extend(result_line(request_id, "true"));
+    }
+
     /// Durable mode: the writer has answered for a valid share (or its deadline passed).
     /// Stored: "accepted". Not stored: the miner hears so (code 20) rather than a promise the
     /// records cannot keep.
     fn acknowledged(&mut self, u: Unacked, stored: bool) {
-        let stats = &self.shared.stats;
         if stored {
-            stats.shares_accepted.fetch_add(1, Relaxed);
-            stats.share_difficulty.observe(u.difficulty);
-            u.worker.add_accepted(u.difficulty);
-            self.out.extend(result_line(&u.request_id, "true"));
+            self.credit(&u.request_id, &u.worker, u.difficulty);
             return;
         }
+        let stats = &self.shared.stats;
         tracing::error!(
             conn = self.id,
             "valid share could not be stored; answered with an error"
@@ -982,47 +995,21 @@ impl Session {
         else {
             return;
         };
-        let Some(mut a) = self.awaiting.remove(pos) else {
+        let Some(a) = self.awaiting.remove(pos) else {
             return;
         };
-        let stats = self.shared.stats.clone();
         match v.result {
-            Ok(()) => match a.event.take() {
-                Some(mut event) if self.durable => {
-                    let (ack, stored) = DurableAck::new();
-                    event.durable = Some(ack);
-                    if let Some(e) = self.shared.try_emit_share(Event::Share(event)) {
-                        Box::pin(self.shared.emit_share_waiting(e)).await;
-                    }
-                    self.unacked.push_back(Unacked {
-                        request_id: v.request_id,
-                        stored,
-                        deadline: Instant::now() + self.shared.config().storage.write_timeout,
-                        worker: a.worker,
-                        difficulty: a.difficulty,
-                    });
-                }
-                event => {
-                    stats.shares_accepted.fetch_add(1, Relaxed);
-                    stats.share_difficulty.observe(a.difficulty);
-                    a.worker.add_accepted(a.difficulty);
-                    self.out.extend(result_line(&v.request_id, "true"));
-                    if let Some(event) = event
-                        && let Some(e) = self.shared.try_emit_share(Event::Share(event))
-                    {
-                        Box::pin(self.shared.emit_share_waiting(e)).await;
-                    }
-                }
-            },
+            Ok(()) => {
+                self.accept(&v.request_id, a.event, a.worker, a.difficulty)
+                    .await
+            }
             Err(e) => {
-                stats.rejected(e.code);
+                self.shared.stats.rejected(e.code);
                 a.worker.rejected.fetch_add(1, Relaxed);
-                if let Some(mut ev) = a.event.take() {
+                if let Some(mut ev) = a.event {
                     ev.accepted = false;
                     ev.reject_reason = Some("upstream_rejected");
-                    if let Some(e) = self.shared.try_emit_share(Event::Share(ev)) {
-                        Box::pin(self.shared.emit_share_waiting(e)).await;
-                    }
+                    self.shared.emit_share(Event::Share(ev)).await;
                 }
                 self.out.extend(error_line(&v.request_id, "false", &e));
             }
@@ -1083,9 +1070,7 @@ impl Session {
                 difficulty,
                 Some(err.code.reason()),
             );
-            if let Some(e) = self.shared.try_emit_share(Event::Share(event)) {
-                Box::pin(self.shared.emit_share_waiting(e)).await;
-            }
+            self.shared.emit_share(Event::Share(event)).await;
         }
     }
 }

@@ -129,16 +129,30 @@ pub struct ApiState {
     pub pools: RwLock<Vec<crate::upstream::conn::PoolEndpoint>>,
 }
 
+/// The API's timestamps: RFC 3339, UTC, whole seconds (`2024-01-15T10:30:40Z`).
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    rfc3339(chrono::Utc::now())
 }
 
 pub fn unix_ms_rfc3339(ms: u64) -> Option<String> {
     (ms > 0).then(|| {
-        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        rfc3339(
+            chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64).unwrap_or_default(),
+        )
     })
+}
+
+/// Accepted over submitted, in percent with two decimals (0 when nothing was submitted).
+fn acceptance_rate(accepted: f64, submitted: f64) -> f64 {
+    if submitted == 0.0 {
+        0.0
+    } else {
+        (accepted * 10000.0 / submitted).round() / 100.0
+    }
 }
 
 fn uptime_text(d: Duration) -> String {
@@ -679,7 +693,7 @@ async fn stats(State(st): State<Arc<ApiState>>) -> Json<Value> {
                 "submitted": submitted,
                 "accepted": accepted,
                 "rejected": rejected,
-                "acceptance_rate": if submitted == 0 { 0.0 } else { (accepted as f64 * 10000.0 / submitted as f64).round() / 100.0 },
+                "acceptance_rate": acceptance_rate(accepted as f64, submitted as f64),
                 "block_candidates": s.block_candidates.load(Relaxed),
                 "forwarded": s.shares_forwarded.load(Relaxed),
             },
@@ -805,7 +819,7 @@ async fn worker_history(
         .iter()
         .map(|p| {
             json!({
-                "at": p.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "at": rfc3339(p.at),
                 "submitted": p.submitted,
                 "accepted": p.accepted,
                 "rejected": p.submitted - p.accepted,
@@ -898,7 +912,7 @@ async fn stats_workers(
                     "submitted": submitted,
                     "accepted": accepted,
                     "rejected": w.rejected.load(Relaxed),
-                    "acceptance_rate": if submitted == 0 { 0.0 } else { (accepted as f64 * 10000.0 / submitted as f64).round() / 100.0 },
+                    "acceptance_rate": acceptance_rate(accepted as f64, submitted as f64),
                 },
                 "hashrate": format_hashrate(h[1]),
                 "hashrate_hs": {"1m": h[0], "10m": h[1], "1h": h[2], "24h": h[3]},
@@ -911,21 +925,16 @@ async fn stats_workers(
     if offline_wanted && list.len() < limit {
         let skip = skip.saturating_sub(live.count());
         list.extend(offline.iter().skip(skip).take(limit - list.len()).map(|r| {
-            let rate = if r.submitted == 0 {
-                0.0
-            } else {
-                (r.accepted as f64 * 10000.0 / r.submitted as f64).round() / 100.0
-            };
             json!({
                 "id": r.worker_name,
                 "pool": r.pool,
-                "connected_at": r.connected_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-                "last_activity": r.last_activity.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                "connected_at": r.connected_at.map(rfc3339),
+                "last_activity": r.last_activity.map(rfc3339),
                 "shares": {
                     "submitted": r.submitted,
                     "accepted": r.accepted,
                     "rejected": r.rejected,
-                    "acceptance_rate": rate,
+                    "acceptance_rate": acceptance_rate(r.accepted as f64, r.submitted as f64),
                 },
                 "hashrate": format_hashrate(r.hashrate_hs),
                 "hashrate_hs": {"window": r.hashrate_hs},

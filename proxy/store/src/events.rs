@@ -34,12 +34,12 @@ pub struct ShareEvent {
     pub block_hash: Option<String>,
     pub forwarded: bool,
     /// With `storage.acknowledge = "durable"`: fired once the share's record is committed to
-    /// the database or fsynced into the spool (dropped unfired if neither could take it).
+    /// the database or appended to the spool (dropped unfired if neither could take it).
     pub durable: Option<DurableAck>,
 }
 
 /// The writer's signal that a record is durable. Cloning shares the one signal (the API's
-/// copy of an event carries it too but never fires it); the first [`DurableAck::fire`] wins.
+/// copy of an event carries it too but never fires it); the first [`DurableAck::take`] wins.
 #[derive(Clone)]
 pub struct DurableAck(Arc<Mutex<Option<oneshot::Sender<()>>>>);
 

@@ -512,17 +512,33 @@ impl Writer {
         }
     }
 
+    /// Whether what is pending should be written (or spooled) now: a full batch, a batch a
+    /// flush interval old, or anything at all under group commit (sessions are waiting; when
+    /// the database cannot take it directly it goes to the spool at once).
+    fn pending_due(&self) -> bool {
+        self.pending_since
+            .is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
+            || self.pending.len() >= self.opts.batch_size
+            || self.opts.group_commit
+    }
+
+    /// Take the first `n` pending records with their sequence numbers.
+    fn take_pending(&mut self, n: usize) -> (Vec<Record>, Range<u64>) {
+        let batch: Vec<Record> = self.pending.drain(..n).collect();
+        let range = self.pending_base..self.pending_base + n as u64;
+        self.pending_base = range.end;
+        self.pending_since = if self.pending.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        (batch, range)
+    }
+
     /// Start writes while sinks are idle; move old batches to the spool if they cannot go.
     fn schedule(&mut self) {
         self.spool_slow_inflight();
-        // Sessions waiting on durability: into the spool at once rather than after a flush
-        // interval when the database cannot take it directly.
-        let due = self
-            .pending_since
-            .is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
-            || self.pending.len() >= self.opts.batch_size
-            || self.opts.group_commit;
-        if self.degraded() && due {
+        if self.degraded() && self.pending_due() {
             self.spool_pending();
         }
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
@@ -556,23 +572,10 @@ impl Writer {
                 }
                 continue;
             }
-            let due = self
-                .pending_since
-                .is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
-                || self.pending.len() >= self.opts.batch_size
-                || self.opts.group_commit;
-            if !due || self.pending.is_empty() {
+            if !self.pending_due() || self.pending.is_empty() {
                 return;
             }
-            let take = self.pending.len().min(self.opts.batch_size);
-            let batch: Vec<Record> = self.pending.drain(..take).collect();
-            let range = self.pending_base..self.pending_base + take as u64;
-            self.pending_base = range.end;
-            self.pending_since = if self.pending.is_empty() {
-                None
-            } else {
-                Some(Instant::now())
-            };
+            let (batch, range) = self.take_pending(self.pending.len().min(self.opts.batch_size));
             let batch = Arc::new(batch);
             self.launch(batch.clone(), Source::Direct(batch, range));
         }
@@ -687,23 +690,14 @@ impl Writer {
         if self.pending.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
-        let range = self.pending_base..self.pending_base + batch.len() as u64;
-        self.pending_base = range.end;
-        self.pending_since = None;
+        let (batch, range) = self.take_pending(self.pending.len());
         self.spool_batch(batch, range);
     }
 
     /// The records numbered `range` are in the database or the spool: tell whoever waits.
     fn durable(&mut self, range: Range<u64>) {
-        if self.acks.is_empty() {
-            return;
-        }
-        let seqs: Vec<u64> = self.acks.range(range).map(|(k, _)| *k).collect();
-        for k in seqs {
-            if let Some(tx) = self.acks.remove(&k) {
-                let _ = tx.send(());
-            }
+        for (_, tx) in self.acks.extract_if(range, |_, _| true) {
+            let _ = tx.send(());
         }
     }
 
@@ -723,15 +717,10 @@ impl Writer {
                 // Nobody waits any longer on these records nor on what is pending: their
                 // acks are dropped (the sessions answer that the share was not stored),
                 // and what is kept is numbered afresh past every number in use.
-                let seqs: Vec<u64> = self
-                    .acks
-                    .range(range.start..range.end)
-                    .chain(self.acks.range(self.pending_base..))
-                    .map(|(k, _)| *k)
-                    .collect();
-                for k in seqs {
-                    self.acks.remove(&k);
-                }
+                self.acks
+                    .extract_if(range.clone(), |_, _| true)
+                    .for_each(drop);
+                drop(self.acks.split_off(&self.pending_base));
                 self.pending_base = self.pending_base.max(range.end) + self.pending.len() as u64;
                 let mut keep = records;
                 keep.append(&mut self.pending);
