@@ -90,39 +90,26 @@ print(json.dumps({"scenario": label, **{k: d.get(k) for k in keep if k in d}}))
 PY
 }
 
-handler_latency() { # the proxy's own submit histogram (line in → verdict ready), bucket bounds
-  python3 - "$1" <<'PY'
+histogram() { # $1 label $2 metric $3 unit (ms|us) $4 name of the count, then quantiles as name=q
+  # Quantiles of one of the proxy's own histograms, as the upper bounds of their buckets.
+  python3 - "$@" <<'PY'
 import json, sys, urllib.request
-label = sys.argv[1]
+label, metric, unit, count_name, *quantiles = sys.argv[1:]
 m = json.load(urllib.request.urlopen("http://127.0.0.1:19090/metrics/json"))
-h = m["histograms"]["loka_stratum_response_time_seconds"]
-h = h.get("mining.submit", h.get("all", next(iter(h.values()))))
+h = next(iter(m["histograms"][metric].values()))  # one series: "all" or its single label set
 count = h["count"]
 b = sorted((float(k), v) for k, v in h["buckets"].items())
+scale = {"ms": 1e3, "us": 1e6}[unit]
 def q(x):
     for bound, cum in b:
         if cum >= x * count:
-            return bound * 1e6
+            return bound * scale
     return float("inf")
-print(json.dumps({"scenario": label + ": proxy-side submit handling (bucket bounds)", "submits": count, "p50_us_at_most": q(0.5), "p99_us_at_most": q(0.99), "p999_us_at_most": q(0.999)}))
-PY
-}
-
-notify_delay() { # quantiles of the proxy's own fan-out histogram (pool job in → notify written)
-  python3 - "$1" <<'PY'
-import json, sys, urllib.request
-label = sys.argv[1]
-m = json.load(urllib.request.urlopen("http://127.0.0.1:19090/metrics/json"))
-h = m["histograms"]["loka_stratum_notify_delay_seconds"]["all"]
-count = h["count"]
-b = sorted((float(k), v) for k, v in h["buckets"].items())
-def q(x):
-    rank = x * count
-    for bound, cum in b:
-        if cum >= rank:
-            return bound * 1000
-    return float("inf")
-print(json.dumps({"scenario": label, "notifies_written": count, "p50_ms_at_most": q(0.5), "p99_ms_at_most": q(0.99), "p100_ms_at_most": q(1.0)}))
+out = {"scenario": label, count_name: count}
+for spec in quantiles:
+    name, x = spec.split("=")
+    out[f"{name}_{unit}_at_most"] = q(float(x))
+print(json.dumps(out))
 PY
 }
 
@@ -135,7 +122,8 @@ hold() {
   sleep 25
   local during; during=$(rss_kib "$proxy_pid")
   local conns; conns=$(ss -Htn state established '( sport = :13333 )' | wc -l)
-  notify_delay "proxy-side fan-out to $conns miners (bucket upper bounds)"
+  histogram "proxy-side fan-out to $conns miners (bucket upper bounds)" \
+    loka_stratum_notify_delay_seconds ms notifies_written p50=0.5 p99=0.99 p100=1
   wait "$b"
   summary "hold 19,900 (fan-out measured per process of 9,950)" "$work/hold.json"
   python3 -c "import json; print(json.dumps({'scenario': 'memory', 'connections': $conns, 'rss_before_kib': $before, 'rss_with_connections_kib': $during, 'bytes_per_connection': round(($during-$before)*1024/max($conns,1))}))"
@@ -231,7 +219,8 @@ storage_run() { # $1 label $2 json name: run the load, print latency and CPU of 
   "$B" --target 127.0.0.1:13333 --connections 1000 --rate "$rate" --duration 20 --ramp 2 >"$work/$2.json" 2>/dev/null
   p1=$(cpu_ticks "$proxy_pid"); g1=$(pg_ticks)
   summary "$1" "$work/$2.json"
-  handler_latency "$1"
+  histogram "$1: proxy-side submit handling (bucket bounds)" \
+    loka_stratum_response_time_seconds us submits p50=0.5 p99=0.99 p999=0.999
   python3 -c "import json; hz=$(getconf CLK_TCK); print(json.dumps({'scenario': '$1: CPU over the run', 'proxy_cpu_percent': round($((p1 - p0))*100/hz/22, 1), 'postgres_cpu_percent': round($((g1 - g0))*100/hz/22, 1)}))"
 }
 

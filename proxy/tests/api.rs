@@ -778,13 +778,6 @@ async fn worker_history_is_read_from_the_store_across_a_restart() {
         loka_store::uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let with_store = |cfg: &mut Config| {
-        cfg.storage.enabled = true;
-        cfg.storage.database_url = String::new();
-        cfg.storage.sqlite_path = dir.join("loka.db").display().to_string();
-        cfg.storage.spool_dir = dir.join("spool").display().to_string();
-        cfg.storage.acknowledge = loka_config::AckPolicy::Durable;
-    };
     let pool = pool().await;
     let start = |cfg: Config| async move {
         let (store, tx) = loka_proxy::proxy::start_storage(&cfg).await.unwrap();
@@ -797,7 +790,11 @@ async fn worker_history_is_read_from_the_store_across_a_restart() {
     };
 
     let mut cfg = api_config(&[pool.addr()]);
-    with_store(&mut cfg);
+    cfg.storage.enabled = true;
+    cfg.storage.database_url = String::new();
+    cfg.storage.sqlite_path = dir.join("loka.db").display().to_string();
+    cfg.storage.spool_dir = dir.join("spool").display().to_string();
+    cfg.storage.acknowledge = loka_config::AckPolicy::Durable;
     let (proxy, store) = start(cfg.clone()).await;
     let miner = SimMiner::spawn(MinerConfig {
         hashrate: Some(50_000.0),
@@ -811,20 +808,18 @@ async fn worker_history_is_read_from_the_store_across_a_restart() {
     assert_eq!(report.spool_bytes, 0, "{report:?}");
 
     let (proxy, store) = start(cfg).await;
-    let base = format!("http://{}", proxy.api_addr.unwrap());
-    let http = reqwest::Client::new();
-    let get = |path: &str| {
-        let req = http.get(format!("{base}{path}"));
-        async move {
-            let r = req.send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
+    let f = Fixture {
+        pool,
+        base: format!("http://{}", proxy.api_addr.unwrap()),
+        proxy,
+        http: reqwest::Client::new(),
+        miners: Vec::new(),
     };
-    let (status, live) = get("/stats/workers").await;
+    let (status, live) = f.get("/stats/workers").await;
     assert_eq!(status, 200);
     assert_eq!(live["total_workers"], 0, "{live}");
 
-    let (status, all) = get("/stats/workers?window=1h").await;
+    let (status, all) = f.get("/stats/workers?window=1h").await;
     assert_eq!(status, 200, "{all}");
     assert_eq!(all["total_workers"], 1, "{all}");
     let carol = &all["workers"][0];
@@ -836,10 +831,12 @@ async fn worker_history_is_read_from_the_store_across_a_restart() {
     assert!(stored >= told, "told {told} accepted, stored {stored}");
     assert_eq!(carol["shares"]["rejected"], 0);
     assert!(carol["hashrate"].as_str().unwrap().ends_with("H/s"));
-    let (_, active_only) = get("/stats/workers?window=1h&status=active").await;
+    let (_, active_only) = f.get("/stats/workers?window=1h&status=active").await;
     assert_eq!(active_only["workers"].as_array().unwrap().len(), 0);
 
-    let (status, h) = get("/stats/workers/carol.rig1/history?window=1h&bucket=10m").await;
+    let (status, h) = f
+        .get("/stats/workers/carol.rig1/history?window=1h&bucket=10m")
+        .await;
     assert_eq!(status, 200, "{h}");
     assert_eq!(h["worker"], "carol.rig1");
     assert_eq!(h["bucket"], "10m");
@@ -855,11 +852,11 @@ async fn worker_history_is_read_from_the_store_across_a_restart() {
         "/stats/workers/carol.rig1/history?window=1h&bucket=2h",
         "/stats/workers/carol.rig1/history?window=365d",
     ] {
-        let (status, e) = get(bad).await;
+        let (status, e) = f.get(bad).await;
         assert_eq!(status, 400, "{bad}: {e}");
         assert_eq!(e["error"]["code"], "VALIDATION_INVALID_PARAMETER", "{bad}");
     }
-    proxy.drain(Duration::from_secs(1)).await;
+    f.proxy.drain(Duration::from_secs(1)).await;
     store.shutdown(Duration::from_secs(2)).await;
 
     // Without a store there is no history to read: said so, not an empty list.

@@ -197,24 +197,93 @@ impl Drop for Proxy {
     }
 }
 
-fn spawn_proxy(config: &std::path::Path, log: &std::path::Path) -> Proxy {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Proxy(
-        Command::new(env!("CARGO_BIN_EXE_loka-proxy"))
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env_remove("DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start loka-proxy"),
-    )
+impl Proxy {
+    /// SIGKILL: no shutdown, no flush.
+    fn sigkill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// SIGTERM, and the process must exit successfully.
+    fn terminate(mut self, log: &std::path::Path) {
+        let pid = self.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.0.wait().unwrap();
+        assert!(
+            status.success(),
+            "loka-proxy exit: {status:?}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}
+
+/// A `loka-proxy` process's world: its config file, log and spool in a temporary directory,
+/// a pool of its own, a free Stratum port, and a fresh PostgreSQL database.
+struct Binary {
+    dir: TempDir,
+    _pool: loka_sim::pool::MockPool,
+    url: String,
+    port: u16,
+}
+
+impl Binary {
+    async fn new(acknowledge: loka_config::AckPolicy) -> Binary {
+        let url = fresh_pg_database().await;
+        let dir = TempDir::new();
+        let pool = pool().await;
+        let port = free_port();
+        let mut cfg = config(&[pool.addr()], Mode::Aggregate);
+        cfg.server.port = port;
+        storage(&mut cfg, &url, &dir.path().join("spool"));
+        cfg.storage.acknowledge = acknowledge;
+        cfg.logging.level = "info".into();
+        std::fs::write(dir.path().join("loka.toml"), cfg.to_toml()).unwrap();
+        Binary {
+            dir,
+            _pool: pool,
+            url,
+            port,
+        }
+    }
+
+    fn spool(&self) -> std::path::PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("proxy.log")
+    }
+
+    fn stratum(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&self) -> Proxy {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
+        Proxy(
+            Command::new(env!("CARGO_BIN_EXE_loka-proxy"))
+                .arg("--config")
+                .arg(self.dir.path().join("loka.toml"))
+                .arg("run")
+                .env_remove("DATABASE_URL")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start loka-proxy"),
+        )
+    }
+
+    /// Start the proxy and wait until it accepts miners.
+    async fn start(&self) -> Proxy {
+        let proxy = self.spawn();
+        wait_listening(self.port, &self.log()).await;
+        proxy
+    }
 }
 
 async fn wait_listening(port: u16, log: &std::path::Path) {
@@ -242,24 +311,13 @@ fn free_port() -> u16 {
 }
 
 async fn proxy_killed_with_sigkill_while_spooling() {
-    let url = fresh_pg_database().await;
-    let dir = TempDir::new();
-    let spool = dir.path().join("spool");
-    let pool = pool().await;
-    let port = free_port();
-    let mut cfg = config(&[pool.addr()], Mode::Aggregate);
-    cfg.server.port = port;
-    storage(&mut cfg, &url, &spool);
-    cfg.logging.level = "info".into();
-    let path = dir.path().join("loka.toml");
-    std::fs::write(&path, cfg.to_toml()).unwrap();
-    let log = dir.path().join("proxy.log");
+    let b = Binary::new(loka_config::AckPolicy::Validated).await;
+    let (url, spool, log) = (&b.url, b.spool(), b.log());
 
     // The database is down from the start: everything the proxy judges goes to the spool.
     pg_stop();
-    let mut child = spawn_proxy(&path, &log);
-    wait_listening(port, &log).await;
-    let ms = miners(&format!("127.0.0.1:{port}"), "killed", 3);
+    let child = b.start().await;
+    let ms = miners(&b.stratum(), "killed", 3);
     for m in &ms {
         m.wait_for(|s| s.accepted >= 15, WAIT).await.unwrap();
     }
@@ -287,24 +345,14 @@ async fn proxy_killed_with_sigkill_while_spooling() {
         "nothing in the spool:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    // SIGKILL: no shutdown, no flush.
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    drop(child);
+    child.sigkill();
 
     pg_start();
-    let mut child = spawn_proxy(&path, &log);
-    let c = wait_for_rows(&url, &told, Duration::from_secs(30)).await;
+    let child = b.spawn();
+    let c = wait_for_rows(url, &told, Duration::from_secs(30)).await;
     check(&told, &c);
     // A clean stop (SIGTERM) leaves nothing behind.
-    let pid = child.0.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = child.0.wait().unwrap();
-    assert!(
-        status.success(),
-        "loka-proxy exit: {status:?}\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    child.terminate(&log);
     let left: Vec<_> = std::fs::read_dir(&spool)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -314,58 +362,35 @@ async fn proxy_killed_with_sigkill_while_spooling() {
         left.is_empty(),
         "spool not empty after a clean stop: {left:?}"
     );
-    let after = share_counts(&url).await.unwrap();
+    let after = share_counts(url).await.unwrap();
     assert_eq!(after.rows, after.distinct);
 }
 
 /// `acknowledge = "durable"`: SIGKILL while miners are mining, at once; with PostgreSQL up
 /// (acks after commit) or down (acks after the spool append).
 async fn durable_acks_survive_sigkill_mid_mining(pg_down: bool) {
-    let url = fresh_pg_database().await;
-    let dir = TempDir::new();
-    let spool = dir.path().join("spool");
-    let pool = pool().await;
-    let port = free_port();
-    let mut cfg = config(&[pool.addr()], Mode::Aggregate);
-    cfg.server.port = port;
-    storage(&mut cfg, &url, &spool);
-    cfg.storage.acknowledge = loka_config::AckPolicy::Durable;
-    cfg.logging.level = "info".into();
-    let path = dir.path().join("loka.toml");
-    std::fs::write(&path, cfg.to_toml()).unwrap();
-    let log = dir.path().join("proxy.log");
+    let b = Binary::new(loka_config::AckPolicy::Durable).await;
     let prefix = if pg_down { "durablespool" } else { "durabledb" };
 
     if pg_down {
         pg_stop();
     }
-    let mut child = spawn_proxy(&path, &log);
-    wait_listening(port, &log).await;
-    let ms = miners(&format!("127.0.0.1:{port}"), prefix, 3);
+    let child = b.start().await;
+    let ms = miners(&b.stratum(), prefix, 3);
     for m in &ms {
         m.wait_for(|s| s.accepted >= 15, WAIT).await.unwrap();
     }
     // The miners are still submitting: the kill lands between shares in every state.
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    drop(child);
+    child.sigkill();
     let told = stop(ms, prefix).await;
 
     if pg_down {
         pg_start();
     }
-    let mut child = spawn_proxy(&path, &log);
     // With PostgreSQL up the rows are there before the restart; the restart must still
     // replay (spool) and stop cleanly, so wait until it serves before stopping it.
-    wait_listening(port, &log).await;
-    let c = wait_for_rows(&url, &told, Duration::from_secs(30)).await;
+    let child = b.start().await;
+    let c = wait_for_rows(&b.url, &told, Duration::from_secs(30)).await;
     check(&told, &c);
-    let pid = child.0.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = child.0.wait().unwrap();
-    assert!(
-        status.success(),
-        "loka-proxy exit: {status:?}\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    child.terminate(&b.log());
 }
