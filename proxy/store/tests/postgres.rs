@@ -38,11 +38,11 @@ async fn migrations_report_their_version_and_are_idempotent() {
     let store = Store::open(&cfg).await.unwrap();
     let before = store.migration_status().await.unwrap();
     assert_eq!(before.current_version, None);
-    assert_eq!(before.pending, 1);
+    assert_eq!(before.pending, 2);
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     let after = store.migration_status().await.unwrap();
-    assert_eq!(after.current_version.as_deref(), Some("20260101000001"));
+    assert_eq!(after.current_version.as_deref(), Some("20261125000001"));
     assert_eq!(after.pending, 0);
     let health = store.health(None).await;
     assert_eq!(health.status, "healthy");
@@ -123,6 +123,27 @@ async fn constraints_reject_bad_rows() {
         refused(&pg, "INSERT INTO distributions (earning_id, miner_id, amount_btc, percentage, status) SELECT e.id, m.id, 0.5, 0.5, 'lost' FROM earnings e, miners m").await,
         "23514"
     );
+    // submissions.worker_id must name a worker: through the partitioned table and straight
+    // into a partition (the statement-level check that replaces the per-row foreign key)
+    let unknown_worker = "INSERT INTO submissions (worker_id, job_id, extranonce2, ntime, nonce, accepted, difficulty) \
+         VALUES (gen_random_uuid(), 'j', '00', '00', '00', true, 1)";
+    assert_eq!(refused(&pg, unknown_worker).await, "23503");
+    let partition: String = sqlx::query_scalar("SELECT loka_submission_partition(NOW())")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    let code = match sqlx::query(sqlx::AssertSqlSafe(unknown_worker.replacen(
+        "submissions",
+        &partition,
+        1,
+    )))
+    .execute(&pg)
+    .await
+    {
+        Err(sqlx::Error::Database(e)) => e.code().unwrap().into_owned(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code, "23503");
     // unique pool name, duplicate tx hash
     assert_eq!(
         refused(
@@ -191,6 +212,16 @@ async fn the_unique_key_makes_a_replayed_share_harmless_and_cascades_work() {
         .await
         .unwrap();
     assert_eq!(miners, vec!["alice", "bob"]);
+    // a referenced worker keeps its id, and workers is not truncated under its submissions
+    assert_eq!(
+        refused(
+            &pg,
+            "UPDATE workers SET id = gen_random_uuid() WHERE worker_name = 'bob.s9'"
+        )
+        .await,
+        "23503"
+    );
+    assert_eq!(refused(&pg, "TRUNCATE workers CASCADE").await, "0A000");
     // cascades: a miner takes its workers, their submissions and its distributions along
     let e = store
         .add_earning(&NewEarning::new("main", d("0.001")))
