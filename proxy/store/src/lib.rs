@@ -58,6 +58,11 @@ impl Error {
             Error::Invalid(_) | Error::NotFound(_) => false,
         }
     }
+
+    /// A unique key refused a row (SQLSTATE 23505): the row, or one with its key, is stored.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Error::Db(sqlx::Error::Database(db)) if db.is_unique_violation())
+    }
 }
 
 fn sqlx_transient(e: &sqlx::Error) -> bool {

@@ -79,9 +79,22 @@ pub fn micros(t: SystemTime) -> i64 {
 
 /// `s` without NUL bytes and cut to at most `max` characters (on a character boundary).
 pub fn fit(s: &str, max: usize) -> String {
+    // The usual case, a short clean string: at most `max` bytes is at most `max` characters.
+    if s.len() <= max && !s.contains('\0') {
+        return s.to_owned();
+    }
     let mut out: String = s.chars().filter(|c| *c != '\0').take(max).collect();
     out.shrink_to_fit();
     out
+}
+
+/// [`fit`] for a string the caller gives away: kept as it is when it already fits.
+pub fn fit_owned(s: String, max: usize) -> String {
+    if s.len() <= max && !s.contains('\0') {
+        s
+    } else {
+        fit(&s, max)
+    }
 }
 
 /// The miner of a login: the part before the first dot ("alice.rig1" → "alice").
@@ -112,7 +125,7 @@ impl Recorder {
                 if *s.pool != *self.pool_hint {
                     self.pool_hint = s.pool.to_string();
                 }
-                Some(Record::Share(share_record(&s)))
+                Some(Record::Share(share_record(s)))
             }
             Event::Connection(ConnectionEvent::Connected { .. }) => None,
             Event::Connection(ConnectionEvent::Authorized {
@@ -154,7 +167,7 @@ impl Recorder {
     }
 }
 
-fn share_record(s: &ShareEvent) -> ShareRecord {
+fn share_record(s: ShareEvent) -> ShareRecord {
     let at_us = micros(s.at);
     let secs = u64::try_from(at_us.div_euclid(1_000_000)).unwrap_or(0);
     let nanos = u32::try_from(at_us.rem_euclid(1_000_000) * 1000).unwrap_or(0);
@@ -165,22 +178,22 @@ fn share_record(s: &ShareEvent) -> ShareRecord {
         connection_id: s.connection_id,
         worker: fit(&s.worker, 255),
         pool: fit(&s.pool, 255),
-        job_id: fit(&s.job_id, 64),
-        extranonce1: fit(&s.extranonce1, 16),
-        extranonce2: fit(&s.extranonce2, 32),
-        ntime: fit(&s.ntime, 8),
-        nonce: fit(&s.nonce, 8),
-        version: s.version.as_deref().map(|v| fit(v, 8)),
+        job_id: fit_owned(s.job_id, 64),
+        extranonce1: fit_owned(s.extranonce1, 16),
+        extranonce2: fit_owned(s.extranonce2, 32),
+        ntime: fit_owned(s.ntime, 8),
+        nonce: fit_owned(s.nonce, 8),
+        version: s.version.map(|v| fit_owned(v, 8)),
         accepted: s.accepted,
         reject_reason: s.reject_reason.map(|r| fit(r, 255)),
         difficulty: fit_difficulty(s.difficulty),
-        block_hash: s.block_hash.as_deref().map(|h| fit(h, 64)),
+        block_hash: s.block_hash.map(|h| fit_owned(h, 64)),
     }
 }
 
 /// DECIMAL(20,8): 8 decimals (rounded down, never credited more), at most 12 integer digits.
 fn fit_difficulty(d: Decimal) -> Decimal {
-    let max = Decimal::new(999_999_999_999_999_999, 0) / Decimal::new(1_000_000, 0);
+    let max = Decimal::from_i128_with_scale(999_999_999_999_999_999, 6);
     let d = d
         .round_dp_with_strategy(8, rust_decimal::RoundingStrategy::ToZero)
         .max(Decimal::ZERO);
@@ -447,6 +460,20 @@ pub(crate) mod tests {
         assert_eq!(s.difficulty, Decimal::from_str("0.12345678").unwrap());
         assert_eq!(s.at_us, micros(e.at));
         assert_eq!(s.id.get_version_num(), 7);
+        // a short string still loses its NUL bytes; one that fits keeps its buffer
+        let mut e = share_event("bob", 2, true);
+        e.ntime = "6543\0abc".into();
+        e.difficulty = Decimal::from(10_i64.pow(15));
+        let Some(Record::Share(s)) = Recorder::new("p").record(Event::Share(e)) else {
+            panic!()
+        };
+        assert_eq!(s.ntime, "6543abc");
+        assert_eq!(s.difficulty, Decimal::from(999_999_999_999_i64));
+        let nonce = String::from("0000abcd");
+        let at = nonce.as_ptr();
+        let kept = fit_owned(nonce, 8);
+        assert_eq!(kept.as_ptr(), at);
+        assert_eq!(fit_owned("0000abcd1".into(), 8), "0000abcd");
         assert_eq!(miner_of("alice.rig1.x"), "alice");
         assert_eq!(miner_of("carol"), "carol");
         assert_eq!(miner_of(".x"), ".x");
