@@ -224,12 +224,36 @@ storage_run() { # $1 label $2 json name: run the load, print latency and CPU of 
   python3 -c "import json; hz=$(getconf CLK_TCK); print(json.dumps({'scenario': '$1: CPU over the run', 'proxy_cpu_percent': round($((p1 - p0))*100/hz/22, 1), 'postgres_cpu_percent': round($((g1 - g0))*100/hz/22, 1)}))"
 }
 
+pg_load() { # $1 rows/s for 22 s into submissions from a separate client (psql), like the writer's batches
+  python3 - "$1" <<'PY' | psql -q "$LOKA_TEST_DATABASE_URL" >/dev/null
+import sys, time
+rate = int(sys.argv[1])
+rows = max(rate // 10, 1)
+print("CREATE TEMP TABLE stage AS SELECT id AS worker_id, row_number() OVER () AS n FROM workers;", flush=True)
+t = time.monotonic()
+for b in range(220):  # a batch every 100 ms, as the writer flushes
+    print(f"""INSERT INTO submissions (id, worker_id, job_id, extranonce1, extranonce2, ntime, nonce,
+      accepted, difficulty, submitted_at)
+    SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') || '7'
+            || substr(md5(random()::text), 1, 19))::uuid,
+      s.worker_id, 'ctl{b % 30}', '00000001', lpad(to_hex(g), 8, '0'), '6543abcd',
+      lpad(to_hex(g * 7919 + {b}), 8, '0'), true, 0.000001, clock_timestamp()
+    FROM generate_series(1, {rows}) g JOIN stage s ON s.n = 1 + g % (SELECT count(*) FROM stage);""", flush=True)
+    t += 0.1
+    time.sleep(max(0.0, t - time.monotonic()))
+PY
+}
+
 storage() { # Stratum latency with every share written to PostgreSQL versus storage off
-  local rate="${STORAGE_RATE:-10000}" repeat="${STORAGE_REPEAT:-1}" i
+  local rate="${STORAGE_RATE:-10000}" repeat="${STORAGE_REPEAT:-1}" i arms="off on"
   eval "$(tests/pg.sh up)"
   trap 'tests/pg.sh down "$LOKA_TEST_PG_DIR" >/dev/null 2>&1 || true; cleanup' EXIT
   start_pool 13338 0.000001 30
-  # Off and on alternate, `repeat` times, so drift of the machine hits both alike.
+  # STORAGE_CONTROL=1 adds two runs with storage off: PostgreSQL taking the same rows from
+  # another client, and a busy loop at SCHED_IDLE using a quarter of a core. They tell the
+  # cost of the proxy's storage path apart from the cost of sharing the machine.
+  [ -n "${STORAGE_CONTROL:-}" ] && arms="off on db-load idle-hog"
+  # The arms alternate, `repeat` times, so drift of the machine hits all alike.
   for i in $(seq "$repeat"); do
     start_proxy 13338 0.000000001 true
     storage_run "storage off: 1000 conns @${rate}/s (run $i)" "off-$i"
@@ -250,25 +274,48 @@ storage() { # Stratum latency with every share written to PostgreSQL versus stor
     fi
     storage_run "storage on (PostgreSQL, every share): 1000 conns @${rate}/s (run $i)" "on-$i"
     kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+    if [ -n "${STORAGE_CONTROL:-}" ]; then
+      start_proxy 13338 0.000000001 true
+      pg_load "$rate" &
+      local loader=$!
+      storage_run "control, storage off while PostgreSQL takes ${rate} rows/s from psql (run $i)" "db-load-$i"
+      wait "$loader"
+      kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+      start_proxy 13338 0.000000001 true
+      chrt -i 0 python3 -c 'import time
+end = time.time() + 22
+while time.time() < end:
+    t = time.time()
+    while time.time() - t < 0.025: pass
+    time.sleep(0.075)' &
+      local hog=$!
+      storage_run "control, storage off beside a SCHED_IDLE busy loop at 25 % of a core (run $i)" "idle-hog-$i"
+      wait "$hog"
+      kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+    fi
   done
-  # Off against on: each run's p99, and how likely a split at least this lopsided is when
-  # storage makes no difference (exact two-sided Mann-Whitney over all splits of the runs).
-  python3 - "$work" "$repeat" <<'PY'
+  # Each arm against storage on: every run's p99, and how likely a split at least this
+  # lopsided is when the arms do not differ (exact two-sided Mann-Whitney over all splits).
+  python3 - "$work" "$repeat" $arms <<'PY'
 import itertools, json, statistics, sys
-work, n = sys.argv[1], int(sys.argv[2])
+work, n, arms = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 p99 = {k: [json.load(open(f"{work}/{k}-{i}.json"))["latency_us"]["p99"] / 1000 for i in range(1, n + 1)]
-       for k in ("off", "on")}
+       for k in arms}
 def u(a, b):
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x in a for y in b)
-both = p99["off"] + p99["on"]
-observed = abs(u(p99["on"], p99["off"]) - n * n / 2)
-splits = [abs(u([both[i] for i in on], [both[i] for i in range(2 * n) if i not in on]) - n * n / 2)
-          for on in itertools.combinations(range(2 * n), n)]
-print(json.dumps({"scenario": f"storage off vs on: Stratum p99 over {n} alternating runs each",
-                  "off_p99_ms": p99["off"], "on_p99_ms": p99["on"],
-                  "off_median_ms": statistics.median(p99["off"]),
-                  "on_median_ms": statistics.median(p99["on"]),
-                  "mann_whitney_p": round(sum(1 for s in splits if s >= observed) / len(splits), 3)}))
+def p_value(a, b):
+    both = a + b
+    observed = abs(u(a, b) - len(a) * len(b) / 2)
+    splits = [abs(u([both[i] for i in s], [both[i] for i in range(len(both)) if i not in s]) - len(a) * len(b) / 2)
+              for s in itertools.combinations(range(len(both)), len(a))]
+    return round(sum(1 for s in splits if s >= observed - 1e-9) / len(splits), 3)
+out = {"scenario": f"Stratum p99 (ms) over {n} alternating runs of each arm",
+       **{f"{k}_p99_ms": v for k, v in p99.items()},
+       **{f"{k}_median_ms": statistics.median(v) for k, v in p99.items()}}
+for k in arms:
+    if k != "on":
+        out[f"mann_whitney_p_on_vs_{k}"] = p_value(p99["on"], p99[k])
+print(json.dumps(out))
 PY
   start_proxy 13338 0.000000001 true "$LOKA_TEST_DATABASE_URL" durable
   storage_run "storage on, acknowledge = durable: 1000 conns @${rate}/s" durable
@@ -276,8 +323,9 @@ PY
   python3 - "$LOKA_TEST_DATABASE_URL" "$work"/on-*.json "$work/durable.json" <<'PY'
 import json, subprocess, sys
 url, paths = sys.argv[1], sys.argv[2:]
-n = subprocess.run(["psql", url, "-tAc", "SELECT count(*) FROM submissions"], capture_output=True, text=True).stdout.strip()
-print(json.dumps({"scenario": "storage on: rows in submissions after all runs", "rows": int(n or 0),
+n = subprocess.run(["psql", url, "-tAc", "SELECT count(*) FROM submissions WHERE job_id NOT LIKE 'ctl%'"],
+                   capture_output=True, text=True).stdout.strip()
+print(json.dumps({"scenario": "storage on: the proxy's rows in submissions after all runs", "rows": int(n or 0),
                   "accepted_by_proxy": sum(json.load(open(p))["accepted"] for p in paths)}))
 PY
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
