@@ -20,6 +20,7 @@ use crate::{Error, Result};
 use chrono::{DateTime, Datelike, Utc};
 use foldhash::{HashMap, HashSet};
 use rust_decimal::Decimal;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -34,6 +35,8 @@ pub struct Outcome {
     pub lifecycle: u64,
     /// Records the database will never take.
     pub dead: Vec<String>,
+    /// The first attempt failed: the batch was partly stored before (a replay) or refused.
+    pub retried: bool,
 }
 
 /// Settings the sink needs besides the database.
@@ -61,23 +64,13 @@ pub struct Sink {
     activity: HashMap<Uuid, i64>,
 }
 
-/// The multi-row share insert on PostgreSQL (one array per column).
-macro_rules! insert_submissions {
-    () => {
-        "INSERT INTO submissions (id, worker_id, job_id, extranonce1, extranonce2, ntime, \
-           nonce, version, accepted, reject_reason, difficulty, block_hash, submitted_at) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
-           $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[], $11::numeric[], \
-           $12::text[], $13::timestamptz[])"
-    };
-}
-
 /// What a share insert does with a row whose key is already stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Conflicts {
-    /// Fail the batch (23505): the fast path, for a batch never written before.
+    /// Fail the batch (23505): the fast path (`COPY`), for a batch never written before.
     Refuse,
-    /// Skip the row (`ON CONFLICT DO NOTHING`): for a batch that may be stored already.
+    /// Skip the row (`INSERT … ON CONFLICT DO NOTHING`): for a batch that may be stored
+    /// already.
     Skip,
 }
 
@@ -200,11 +193,16 @@ impl Sink {
             }
         }
         match self.write_once(records, Conflicts::Skip).await {
-            Ok(o) => return Ok(o),
+            Ok(o) => {
+                return Ok(Outcome { retried: true, ..o });
+            }
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => tracing::warn!(error = %e, "batch refused again; isolating the bad records"),
         }
-        let mut total = Outcome::default();
+        let mut total = Outcome {
+            retried: true,
+            ..Outcome::default()
+        };
         for r in records {
             match self
                 .write_once(std::slice::from_ref(r), Conflicts::Skip)
@@ -279,59 +277,19 @@ impl Sink {
             .collect();
         if !shares.is_empty() {
             let n = shares.len();
-            let mut id = Vec::with_capacity(n);
-            let mut worker = Vec::with_capacity(n);
-            let mut job = Vec::with_capacity(n);
-            let mut en1 = Vec::with_capacity(n);
-            let mut en2 = Vec::with_capacity(n);
-            let mut ntime = Vec::with_capacity(n);
-            let mut nonce = Vec::with_capacity(n);
-            let mut version = Vec::with_capacity(n);
-            let mut accepted = Vec::with_capacity(n);
-            let mut reason = Vec::with_capacity(n);
-            let mut diff = Vec::with_capacity(n);
-            let mut block = Vec::with_capacity(n);
-            let mut at = Vec::with_capacity(n);
+            let mut workers = Vec::with_capacity(n);
             // last activity per worker
             let mut activity: HashMap<Uuid, i64> = HashMap::default();
             for s in &shares {
                 let w = ids[&(s.pool.as_str(), s.worker.as_str())];
-                id.push(s.id);
-                worker.push(w);
-                job.push(s.job_id.as_str());
-                en1.push(s.extranonce1.as_str());
-                en2.push(s.extranonce2.as_str());
-                ntime.push(s.ntime.as_str());
-                nonce.push(s.nonce.as_str());
-                version.push(s.version.as_deref());
-                accepted.push(s.accepted);
-                reason.push(s.reject_reason.as_deref());
-                diff.push(s.difficulty);
-                block.push(s.block_hash.as_deref());
-                at.push(utc(s.at_us));
+                workers.push(w);
                 let e = activity.entry(w).or_insert(s.at_us);
                 *e = (*e).max(s.at_us);
             }
-            let inserted = sqlx::query(match conflicts {
-                Conflicts::Refuse => insert_submissions!(),
-                Conflicts::Skip => concat!(insert_submissions!(), " ON CONFLICT DO NOTHING"),
-            })
-            .bind(&id)
-            .bind(&worker)
-            .bind(&job)
-            .bind(&en1)
-            .bind(&en2)
-            .bind(&ntime)
-            .bind(&nonce)
-            .bind(&version)
-            .bind(&accepted)
-            .bind(&reason)
-            .bind(&diff)
-            .bind(&block)
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let inserted = match conflicts {
+                Conflicts::Refuse => copy_shares(&mut tx, &shares, &workers).await?,
+                Conflicts::Skip => insert_shares_skipping(&mut tx, &shares, &workers).await?,
+            };
             out.inserted = inserted;
             out.duplicates = n as u64 - inserted;
             // Activity moves forward at most every ACTIVITY_EVERY per worker (connects and
@@ -750,6 +708,118 @@ async fn pg_disconnect(tx: &mut sqlx::Transaction<'_, Pg>, d: &DisconnectRecord)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The columns of `submissions` the writer fills, in the order both share writes use.
+const SHARE_COLUMNS: &str = "id, worker_id, job_id, extranonce1, extranonce2, ntime, nonce, \
+     version, accepted, reject_reason, difficulty, block_hash, submitted_at";
+
+/// The fast path for shares: `COPY submissions FROM STDIN` in text format. It takes no
+/// conflict check per row, so a batch with a row already stored fails whole (23505).
+async fn copy_shares(
+    tx: &mut sqlx::Transaction<'_, Pg>,
+    shares: &[&ShareRecord],
+    workers: &[Uuid],
+) -> Result<u64> {
+    let mut data = Vec::with_capacity(shares.len() * 224);
+    for (s, w) in shares.iter().zip(workers) {
+        copy_row(&mut data, s, *w);
+    }
+    let mut copy = tx
+        .copy_in_raw(&format!("COPY submissions ({SHARE_COLUMNS}) FROM STDIN"))
+        .await?;
+    copy.send(data).await?;
+    Ok(copy.finish().await?)
+}
+
+/// One share as a line of `COPY` text: tab-separated, `\N` for NULL, a backslash before the
+/// backslash, tab, newline and carriage return inside a value.
+fn copy_row(out: &mut Vec<u8>, s: &ShareRecord, worker: Uuid) {
+    fn text(out: &mut Vec<u8>, v: &str) {
+        for &b in v.as_bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                _ => out.push(b),
+            }
+        }
+    }
+    fn opt(out: &mut Vec<u8>, v: Option<&str>) {
+        match v {
+            Some(v) => text(out, v),
+            None => out.extend_from_slice(b"\\N"),
+        }
+    }
+    let mut uuid = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.extend_from_slice(s.id.hyphenated().encode_lower(&mut uuid).as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(worker.hyphenated().encode_lower(&mut uuid).as_bytes());
+    for v in [
+        &s.job_id,
+        &s.extranonce1,
+        &s.extranonce2,
+        &s.ntime,
+        &s.nonce,
+    ] {
+        out.push(b'\t');
+        text(out, v);
+    }
+    out.push(b'\t');
+    opt(out, s.version.as_deref());
+    out.extend_from_slice(if s.accepted { b"\tt\t" } else { b"\tf\t" });
+    opt(out, s.reject_reason.as_deref());
+    // Decimal's Display is plain notation (never an exponent); the timestamp carries its
+    // offset, so the session's DateStyle and TimeZone do not matter.
+    let _ = write!(out, "\t{}\t", s.difficulty);
+    opt(out, s.block_hash.as_deref());
+    let _ = writeln!(out, "\t{}", utc(s.at_us).format("%Y-%m-%d %H:%M:%S%.6f+00"));
+}
+
+/// Shares of a batch that may be stored already: a multi-row insert from one array per
+/// column that skips every row whose key is there.
+async fn insert_shares_skipping(
+    tx: &mut sqlx::Transaction<'_, Pg>,
+    shares: &[&ShareRecord],
+    workers: &[Uuid],
+) -> Result<u64> {
+    let id: Vec<Uuid> = shares.iter().map(|s| s.id).collect();
+    let job: Vec<&str> = shares.iter().map(|s| s.job_id.as_str()).collect();
+    let en1: Vec<&str> = shares.iter().map(|s| s.extranonce1.as_str()).collect();
+    let en2: Vec<&str> = shares.iter().map(|s| s.extranonce2.as_str()).collect();
+    let ntime: Vec<&str> = shares.iter().map(|s| s.ntime.as_str()).collect();
+    let nonce: Vec<&str> = shares.iter().map(|s| s.nonce.as_str()).collect();
+    let version: Vec<Option<&str>> = shares.iter().map(|s| s.version.as_deref()).collect();
+    let accepted: Vec<bool> = shares.iter().map(|s| s.accepted).collect();
+    let reason: Vec<Option<&str>> = shares.iter().map(|s| s.reject_reason.as_deref()).collect();
+    let diff: Vec<Decimal> = shares.iter().map(|s| s.difficulty).collect();
+    let block: Vec<Option<&str>> = shares.iter().map(|s| s.block_hash.as_deref()).collect();
+    let at: Vec<DateTime<Utc>> = shares.iter().map(|s| utc(s.at_us)).collect();
+    let sql = format!(
+        "INSERT INTO submissions ({SHARE_COLUMNS}) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+           $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[], $11::numeric[], \
+           $12::text[], $13::timestamptz[]) \
+         ON CONFLICT DO NOTHING"
+    );
+    Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&id)
+        .bind(workers)
+        .bind(&job)
+        .bind(&en1)
+        .bind(&en2)
+        .bind(&ntime)
+        .bind(&nonce)
+        .bind(&version)
+        .bind(&accepted)
+        .bind(&reason)
+        .bind(&diff)
+        .bind(&block)
+        .bind(&at)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
 }
 
 /// Exact decimal from SQLite text (NULL/garbage → 0).

@@ -93,6 +93,7 @@ pub struct Metrics {
     pub submissions_inserted: AtomicU64,
     pub duplicates_ignored: AtomicU64,
     pub batches_written: AtomicU64,
+    pub batches_retried: AtomicU64,
     pub write_errors: AtomicU64,
     pub spool_errors: AtomicU64,
     pub dead_letters: AtomicU64,
@@ -130,6 +131,9 @@ pub struct StoreStatus {
     pub submissions_inserted: u64,
     pub duplicates_ignored: u64,
     pub batches_written: u64,
+    /// Batches written on a second attempt: stored in part before (a retry after a lost
+    /// commit, a spool replay), or refused at first (see `dead_letters`).
+    pub batches_retried: u64,
     pub write_errors: u64,
     pub spool_errors: u64,
     pub dead_letters: u64,
@@ -182,6 +186,7 @@ impl StoreHandle {
             submissions_inserted: m.submissions_inserted.load(Relaxed),
             duplicates_ignored: m.duplicates_ignored.load(Relaxed),
             batches_written: batches,
+            batches_retried: m.batches_retried.load(Relaxed),
             write_errors: m.write_errors.load(Relaxed),
             spool_errors: m.spool_errors.load(Relaxed),
             dead_letters: m.dead_letters.load(Relaxed),
@@ -620,6 +625,9 @@ impl Writer {
                 let m = &self.metrics;
                 let us = took.as_micros() as u64;
                 m.batches_written.fetch_add(1, Relaxed);
+                if o.retried {
+                    m.batches_retried.fetch_add(1, Relaxed);
+                }
                 m.batch_latency_last_us.store(us, Relaxed);
                 m.batch_latency_max_us.fetch_max(us, Relaxed);
                 m.batch_latency_total_us.fetch_add(us, Relaxed);

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use loka_store::accounting::{Method, NewEarning};
+use loka_store::events::Event;
 use loka_store::testing::fresh_pg_database;
 use loka_store::{Backend, Store};
 use sqlx::PgPool;
@@ -184,6 +185,10 @@ async fn the_unique_key_makes_a_replayed_share_harmless_and_cascades_work() {
     let report = handle.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.spool_bytes, 0);
     assert_eq!(store.count_submissions().await.unwrap(), 3);
+    // the unique key refused the plain first try; the second skipped what was there
+    let status = handle.status();
+    assert!(status.batches_retried >= 1, "{status:?}");
+    assert!(status.duplicates_ignored >= 3, "{status:?}");
     // A verbatim duplicate of the key is refused by the database itself.
     let code = match sqlx::query(
         "INSERT INTO submissions (worker_id, job_id, extranonce2, ntime, nonce, accepted, difficulty, submitted_at) \
@@ -508,5 +513,52 @@ async fn hot_read_queries_use_the_indexes() {
             !plan.contains(&format!("Seq Scan on {current}")),
             "{name} scans {current}:\n{plan}"
         );
+    }
+}
+
+#[tokio::test]
+async fn every_column_survives_the_copy_path_byte_for_byte() {
+    let (store, pg) = migrated().await;
+    let spool = tempfile::tempdir().unwrap();
+    let (_s, handle, tx) = writer(store_url(&store).as_str(), spool.path()).await;
+    // COPY's text format escapes backslash, tab, newline and carriage return; a value that
+    // reads like its NULL marker or end-of-data line must come back as sent.
+    let odd = ["a\tb\\c\nd\re", "\\N", "\\.", "é✓ \u{7f}"];
+    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_072_000_123_456);
+    for (i, job) in odd.iter().enumerate() {
+        let Event::Share(mut e) =
+            share_at("carol.rig", "main", i as u32, i % 2 == 0, "0.00012345", at)
+        else {
+            unreachable!()
+        };
+        e.job_id = job.to_string();
+        e.version = (i == 1).then(|| "20000004".into());
+        e.block_hash = (i == 2).then(|| "00".repeat(32));
+        tx.send(Event::Share(e)).await.unwrap();
+    }
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.spool_bytes, 0);
+    // written by the COPY fast path, not by the fallback that follows a refused first try
+    assert_eq!(handle.status().batches_retried, 0);
+    let rows: Vec<(String, String, Option<String>, bool, Option<String>, rust_decimal::Decimal, Option<String>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as(
+            "SELECT job_id::text, nonce::text, version::text, accepted, reject_reason::text, difficulty, \
+             block_hash::text, submitted_at FROM submissions ORDER BY nonce",
+        )
+        .fetch_all(&pg)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), odd.len());
+    for (i, (job, nonce, version, accepted, reason, difficulty, block, submitted)) in
+        rows.into_iter().enumerate()
+    {
+        assert_eq!(job, odd[i]);
+        assert_eq!(nonce, format!("{i:08x}"));
+        assert_eq!(version.as_deref(), (i == 1).then_some("20000004"));
+        assert_eq!(accepted, i % 2 == 0);
+        assert_eq!(reason.as_deref(), (i % 2 == 1).then_some("low_difficulty"));
+        assert_eq!(difficulty, d("0.00012345"));
+        assert_eq!(block, (i == 2).then(|| "00".repeat(32)));
+        assert_eq!(submitted.timestamp_micros(), 1_764_072_000_123_456);
     }
 }
