@@ -516,6 +516,18 @@ async fn hot_read_queries_use_the_indexes() {
     }
 }
 
+/// job_id, nonce, version, accepted, reject_reason, difficulty, block_hash, submitted_at
+type StoredShare = (
+    String,
+    String,
+    Option<String>,
+    bool,
+    Option<String>,
+    rust_decimal::Decimal,
+    Option<String>,
+    chrono::DateTime<chrono::Utc>,
+);
+
 #[tokio::test]
 async fn every_column_survives_the_copy_path_byte_for_byte() {
     let (store, pg) = migrated().await;
@@ -540,7 +552,7 @@ async fn every_column_survives_the_copy_path_byte_for_byte() {
     assert_eq!(report.spool_bytes, 0);
     // written by the COPY fast path, not by the fallback that follows a refused first try
     assert_eq!(handle.status().batches_retried, 0);
-    let rows: Vec<(String, String, Option<String>, bool, Option<String>, rust_decimal::Decimal, Option<String>, chrono::DateTime<chrono::Utc>)> =
+    let rows: Vec<StoredShare> =
         sqlx::query_as(
             "SELECT job_id::text, nonce::text, version::text, accepted, reject_reason::text, difficulty, \
              block_hash::text, submitted_at FROM submissions ORDER BY nonce",
