@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Load benchmarks of the proxy, as reported in BENCHMARKS.md. Bounded in time; stops by itself.
-#   bench/run.sh [hold|throughput|api|all]
+#   bench/run.sh [hold|throughput|api|api-cost|storage|all]
+# storage: STORAGE_RATE (shares/s, 10000), STORAGE_REPEAT (alternating off/on runs, 1),
+# STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
+# SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
+# STORAGE_WRITER_IDLE (lower PostgreSQL's or the writer thread's priority; diagnosis).
 # Builds release binaries, starts a MockPool (loka-bench --serve-pool) and the proxy on
 # 127.0.0.1, runs loka-bench against them, prints one JSON line per measurement.
 set -euo pipefail
