@@ -17,7 +17,7 @@
 use crate::db::{Db, Store, sqlite_time, utc};
 use crate::record::{ConnectRecord, DisconnectRecord, Record, ShareRecord, miner_of};
 use crate::{Error, Result};
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use foldhash::{HashMap, HashSet};
 use rust_decimal::Decimal;
 use std::io::Write as _;
@@ -736,6 +736,11 @@ async fn copy_shares(
 /// backslash, tab, newline and carriage return inside a value.
 fn copy_row(out: &mut Vec<u8>, s: &ShareRecord, worker: Uuid) {
     fn text(out: &mut Vec<u8>, v: &str) {
+        let special = |b: &u8| matches!(b, b'\\' | b'\t' | b'\n' | b'\r');
+        if !v.as_bytes().iter().any(special) {
+            out.extend_from_slice(v.as_bytes());
+            return;
+        }
         for &b in v.as_bytes() {
             match b {
                 b'\\' => out.extend_from_slice(b"\\\\"),
@@ -774,7 +779,18 @@ fn copy_row(out: &mut Vec<u8>, s: &ShareRecord, worker: Uuid) {
     // offset, so the session's DateStyle and TimeZone do not matter.
     let _ = write!(out, "\t{}\t", s.difficulty);
     opt(out, s.block_hash.as_deref());
-    let _ = writeln!(out, "\t{}", utc(s.at_us).format("%Y-%m-%d %H:%M:%S%.6f+00"));
+    let t = utc(s.at_us);
+    let _ = writeln!(
+        out,
+        "\t{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_micros()
+    );
 }
 
 /// Shares of a batch that may be stored already: a multi-row insert from one array per

@@ -536,7 +536,8 @@ async fn every_column_survives_the_copy_path_byte_for_byte() {
     // COPY's text format escapes backslash, tab, newline and carriage return; a value that
     // reads like its NULL marker or end-of-data line must come back as sent.
     let odd = ["a\tb\\c\nd\re", "\\N", "\\.", "é✓ \u{7f}"];
-    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_072_000_123_456);
+    // 2026-01-02 03:04:05.000007 UTC: every field of the COPY timestamp zero-padded
+    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_767_323_045_000_007);
     for (i, job) in odd.iter().enumerate() {
         let Event::Share(mut e) =
             share_at("carol.rig", "main", i as u32, i % 2 == 0, "0.00012345", at)
@@ -571,6 +572,6 @@ async fn every_column_survives_the_copy_path_byte_for_byte() {
         assert_eq!(reason.as_deref(), (i % 2 == 1).then_some("low_difficulty"));
         assert_eq!(difficulty, d("0.00012345"));
         assert_eq!(block, (i == 2).then(|| "00".repeat(32)));
-        assert_eq!(submitted.timestamp_micros(), 1_764_072_000_123_456);
+        assert_eq!(submitted.timestamp_micros(), 1_767_323_045_000_007);
     }
 }
