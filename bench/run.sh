@@ -4,7 +4,8 @@
 # storage: STORAGE_RATE (shares/s, 10000), STORAGE_REPEAT (alternating off/on runs, 1),
 # STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
 # SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
-# STORAGE_WRITER_IDLE (lower PostgreSQL's or the writer thread's priority; diagnosis).
+# STORAGE_WRITER_IDLE (lower PostgreSQL's or the writer thread's priority; diagnosis),
+# STORAGE_DATABASE_URL (a scratch PostgreSQL elsewhere instead of a throwaway one here).
 # Builds release binaries, starts a MockPool (loka-bench --serve-pool) and the proxy on
 # 127.0.0.1, runs loka-bench against them, prints one JSON line per measurement.
 set -euo pipefail
@@ -209,8 +210,9 @@ api_cost() { # what scraping and streaming cost the Stratum side
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 
-pg_ticks() { # CPU ticks of every PostgreSQL process of the throwaway server
+pg_ticks() { # CPU ticks of every PostgreSQL process of the throwaway server (0 for one elsewhere)
   local t=0 p
+  [ -n "${LOKA_TEST_PG_DIR:-}" ] || { echo 0; return; }
   for p in $(pgrep -u "$(stat -c %U "$LOKA_TEST_PG_DIR/data")" postgres); do
     t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
@@ -250,8 +252,15 @@ PY
 
 storage() { # Stratum latency with every share written to PostgreSQL versus storage off
   local rate="${STORAGE_RATE:-10000}" repeat="${STORAGE_REPEAT:-1}" i arms="off on"
-  eval "$(tests/pg.sh up)"
-  trap 'tests/pg.sh down "$LOKA_TEST_PG_DIR" >/dev/null 2>&1 || true; cleanup' EXIT
+  if [ -n "${STORAGE_DATABASE_URL:-}" ]; then
+    # A scratch database elsewhere (another host, or cores of its own): the proxy migrates
+    # it and writes into it; its CPU is not measured from here.
+    export LOKA_TEST_DATABASE_URL="$STORAGE_DATABASE_URL"
+    unset LOKA_TEST_PG_DIR
+  else
+    eval "$(tests/pg.sh up)"
+    trap 'tests/pg.sh down "$LOKA_TEST_PG_DIR" >/dev/null 2>&1 || true; cleanup' EXIT
+  fi
   start_pool 13338 0.000001 30
   # STORAGE_CONTROL=1 adds two runs with storage off: PostgreSQL taking the same rows from
   # another client, and a busy loop at SCHED_IDLE using a quarter of a core. They tell the
@@ -265,10 +274,10 @@ storage() { # Stratum latency with every share written to PostgreSQL versus stor
     start_proxy 13338 0.000000001 true "$LOKA_TEST_DATABASE_URL"
     # Diagnosis: PostgreSQL yields the cores to the rest (nice 19, or SCHED_IDLE: it runs
     # only on a core nothing else wants), standing in for a database on other hosts.
-    if [ -n "${STORAGE_PG_NICE:-}" ]; then
+    if [ -n "${STORAGE_PG_NICE:-}" ] && [ -n "${LOKA_TEST_PG_DIR:-}" ]; then
       renice -n 19 -p $(pgrep -u "$(stat -c %U "$LOKA_TEST_PG_DIR/data")" postgres) >/dev/null
     fi
-    if [ -n "${STORAGE_PG_IDLE:-}" ]; then
+    if [ -n "${STORAGE_PG_IDLE:-}" ] && [ -n "${LOKA_TEST_PG_DIR:-}" ]; then
       for p in $(pgrep -u "$(stat -c %U "$LOKA_TEST_PG_DIR/data")" postgres); do chrt -i -p 0 "$p"; done
     fi
     if [ -n "${STORAGE_WRITER_IDLE:-}" ]; then
