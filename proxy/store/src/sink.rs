@@ -2,12 +2,12 @@
 //!
 //! Order of work in a batch: resolve (upsert) the pools, miners and workers the batch names
 //! (ids are cached), apply connection lifecycle records in order, insert the shares with one
-//! multi-row statement (`INSERT … SELECT * FROM UNNEST(…)` on PostgreSQL), then move
+//! statement (`COPY … FROM STDIN` on PostgreSQL, multi-row `INSERT` on SQLite), then move
 //! `workers.last_activity` / `miners.last_seen` forward. Every step is idempotent and guarded
 //! by the records' own timestamps, so a batch written twice, or replayed from the spool after
-//! newer batches, leaves the same rows: the share insert is tried plain first, and a batch
-//! the unique keys refuse (it was stored before) is written again with
-//! `ON CONFLICT DO NOTHING`.
+//! newer batches, leaves the same rows: on PostgreSQL a batch the unique keys refuse (it was
+//! stored before) is written again as `INSERT … SELECT * FROM UNNEST(…) ON CONFLICT DO
+//! NOTHING`.
 //!
 //! A batch the database refuses for a reason other than being unreachable (a constraint, a
 //! value it will never take) is retried record by record; the records it still refuses are
@@ -173,11 +173,11 @@ impl Sink {
             tracing::error!(error = %e, "storage maintenance failed");
             self.next_maintenance = Instant::now() + self.opts.maintenance_every;
         }
-        // First attempt: a plain INSERT. Every share row is new unless this batch was written
-        // before (a retry after a lost commit, a spool replay), and then the unique keys
-        // refuse it (23505) and the second attempt skips what is already stored. Checking
-        // for conflicts before every row instead (ON CONFLICT DO NOTHING) was a quarter of
-        // PostgreSQL's insert CPU under load.
+        // First attempt: shares without a conflict check (COPY). Every share row is new
+        // unless this batch was written before (a retry after a lost commit, a spool replay),
+        // and then the unique keys refuse it (23505) and the second attempt skips what is
+        // already stored. Checking for conflicts before every row instead (ON CONFLICT DO
+        // NOTHING) was a quarter of PostgreSQL's insert CPU under load.
         match self.write_once(records, Conflicts::Refuse).await {
             Ok(o) => return Ok(o),
             Err(e) if e.is_transient() => return Err(e),
