@@ -50,23 +50,24 @@ CREATE TRIGGER submissions_worker_exists AFTER INSERT ON submissions
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION loka_submissions_worker_exists();
 
--- Every existing partition (created by the first migration and at start-up since).
-DO $$
-DECLARE
-    part RECORD;
+-- The same check on one partition (inserts straight into it skip the parent's triggers).
+CREATE FUNCTION loka_submissions_partition_check(part TEXT) RETURNS VOID
+LANGUAGE plpgsql AS $$
 BEGIN
-    FOR part IN
-        SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'submissions'::regclass
-    LOOP
-        EXECUTE format(
-            'CREATE TRIGGER submissions_worker_exists AFTER INSERT ON %I '
-            'REFERENCING NEW TABLE AS new_rows '
-            'FOR EACH STATEMENT EXECUTE FUNCTION loka_submissions_worker_exists()',
-            part.name);
-    END LOOP;
+    EXECUTE format(
+        'CREATE TRIGGER submissions_worker_exists AFTER INSERT ON %I '
+        'REFERENCING NEW TABLE AS new_rows '
+        'FOR EACH STATEMENT EXECUTE FUNCTION loka_submissions_worker_exists()',
+        part);
 END $$;
 
+-- Every existing partition (created by the first migration and at start-up since).
+SELECT loka_submissions_partition_check(c.relname)
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'submissions'::regclass;
+
+-- The first migration's loka_submission_partition, restated with one line more: a new
+-- partition gets the check as it is created.
 CREATE OR REPLACE FUNCTION loka_submission_partition(at TIMESTAMPTZ) RETURNS TEXT
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -80,11 +81,7 @@ BEGIN
                 part,
                 to_char(month_start, 'YYYY-MM-DD HH24:MI:SS') || '+00',
                 to_char(month_start + INTERVAL '1 month', 'YYYY-MM-DD HH24:MI:SS') || '+00');
-            EXECUTE format(
-                'CREATE TRIGGER submissions_worker_exists AFTER INSERT ON %I '
-                'REFERENCING NEW TABLE AS new_rows '
-                'FOR EACH STATEMENT EXECUTE FUNCTION loka_submissions_worker_exists()',
-                part);
+            PERFORM loka_submissions_partition_check(part);
         EXCEPTION WHEN duplicate_table THEN
             NULL; -- another proxy replica created it first
         END;
