@@ -79,22 +79,18 @@ pub fn micros(t: SystemTime) -> i64 {
 
 /// `s` without NUL bytes and cut to at most `max` characters (on a character boundary).
 pub fn fit(s: &str, max: usize) -> String {
-    // The usual case, a short clean string: at most `max` bytes is at most `max` characters.
-    if s.len() <= max && !s.contains('\0') {
-        return s.to_owned();
-    }
-    let mut out: String = s.chars().filter(|c| *c != '\0').take(max).collect();
-    out.shrink_to_fit();
-    out
+    fit_owned(s.to_owned(), max)
 }
 
 /// [`fit`] for a string the caller gives away: kept as it is when it already fits.
 pub fn fit_owned(s: String, max: usize) -> String {
+    // The usual case, a short clean string: at most `max` bytes is at most `max` characters.
     if s.len() <= max && !s.contains('\0') {
-        s
-    } else {
-        fit(&s, max)
+        return s;
     }
+    let mut out: String = s.chars().filter(|c| *c != '\0').take(max).collect();
+    out.shrink_to_fit();
+    out
 }
 
 /// The miner of a login: the part before the first dot ("alice.rig1" → "alice").

@@ -245,7 +245,7 @@ impl Sink {
                 let t = utc(s.at_us);
                 let month = i64::from(t.year()) * 12 + i64::from(t.month());
                 if !self.months.contains(&month) {
-                    self.store.ensure_partition_for(utc(s.at_us)).await?;
+                    self.store.ensure_partition_for(t).await?;
                     self.months.insert(month);
                 }
             }

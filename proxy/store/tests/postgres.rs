@@ -23,8 +23,12 @@ async fn migrated() -> (Store, PgPool) {
 }
 
 /// The SQLSTATE of a failed statement.
-async fn refused(pg: &PgPool, sql: &'static str) -> String {
-    match sqlx::query(sql).execute(pg).await {
+async fn refused(pg: &PgPool, sql: impl Into<String>) -> String {
+    let sql: String = sql.into();
+    match sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+        .execute(pg)
+        .await
+    {
         Ok(_) => panic!("accepted: {sql}"),
         Err(sqlx::Error::Database(e)) => e.code().unwrap().into_owned(),
         Err(e) => panic!("{e}"),
@@ -133,18 +137,10 @@ async fn constraints_reject_bad_rows() {
         .fetch_one(&pg)
         .await
         .unwrap();
-    let code = match sqlx::query(sqlx::AssertSqlSafe(unknown_worker.replacen(
-        "submissions",
-        &partition,
-        1,
-    )))
-    .execute(&pg)
-    .await
-    {
-        Err(sqlx::Error::Database(e)) => e.code().unwrap().into_owned(),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(code, "23503");
+    assert_eq!(
+        refused(&pg, unknown_worker.replacen("submissions", &partition, 1)).await,
+        "23503"
+    );
     // unique pool name, duplicate tx hash
     assert_eq!(
         refused(
@@ -190,18 +186,10 @@ async fn the_unique_key_makes_a_replayed_share_harmless_and_cascades_work() {
     assert!(status.batches_retried >= 1, "{status:?}");
     assert!(status.duplicates_ignored >= 3, "{status:?}");
     // A verbatim duplicate of the key is refused by the database itself.
-    let code = match sqlx::query(
-        "INSERT INTO submissions (worker_id, job_id, extranonce2, ntime, nonce, accepted, difficulty, submitted_at) \
+    let duplicate = "INSERT INTO submissions (worker_id, job_id, extranonce2, ntime, nonce, accepted, difficulty, submitted_at) \
          SELECT worker_id, job_id, extranonce2, ntime, nonce, accepted, difficulty, submitted_at \
-         FROM submissions LIMIT 1",
-    )
-    .execute(&pg)
-    .await
-    {
-        Err(sqlx::Error::Database(e)) => e.code().unwrap().into_owned(),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(code, "23505");
+         FROM submissions LIMIT 1";
+    assert_eq!(refused(&pg, duplicate).await, "23505");
     // worker lifecycle and activity
     let (active, ua, addr, last): (bool, Option<String>, Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
         sqlx::query_as("SELECT active, user_agent::text, host(remote_addr), last_activity FROM workers WHERE worker_name = 'alice.rig1'")
