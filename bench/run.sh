@@ -210,10 +210,14 @@ api_cost() { # what scraping and streaming cost the Stratum side
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 
+pg_pids() { # every PostgreSQL process of the throwaway server
+  pgrep -u "$(stat -c %U "$LOKA_TEST_PG_DIR/data")" postgres
+}
+
 pg_ticks() { # CPU ticks of every PostgreSQL process of the throwaway server (0 for one elsewhere)
   local t=0 p
   [ -n "${LOKA_TEST_PG_DIR:-}" ] || { echo 0; return; }
-  for p in $(pgrep -u "$(stat -c %U "$LOKA_TEST_PG_DIR/data")" postgres); do
+  for p in $(pg_pids); do
     t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
   echo "$t"
@@ -275,10 +279,10 @@ storage() { # Stratum latency with every share written to PostgreSQL versus stor
     # Diagnosis: PostgreSQL yields the cores to the rest (nice 19, or SCHED_IDLE: it runs
     # only on a core nothing else wants), standing in for a database on other hosts.
     if [ -n "${STORAGE_PG_NICE:-}" ] && [ -n "${LOKA_TEST_PG_DIR:-}" ]; then
-      renice -n 19 -p $(pgrep -u "$(stat -c %U "$LOKA_TEST_PG_DIR/data")" postgres) >/dev/null
+      renice -n 19 -p $(pg_pids) >/dev/null
     fi
     if [ -n "${STORAGE_PG_IDLE:-}" ] && [ -n "${LOKA_TEST_PG_DIR:-}" ]; then
-      for p in $(pgrep -u "$(stat -c %U "$LOKA_TEST_PG_DIR/data")" postgres); do chrt -i -p 0 "$p"; done
+      for p in $(pg_pids); do chrt -i -p 0 "$p"; done
     fi
     if [ -n "${STORAGE_WRITER_IDLE:-}" ]; then
       for t in /proc/"$proxy_pid"/task/*; do
