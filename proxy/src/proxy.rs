@@ -189,25 +189,31 @@ pub async fn start_storage(
         store.upsert_pools(&pools).await
     };
     // Bounded: a dead database must not hold up mining (the writer retries in the background).
-    match tokio::time::timeout(Duration::from_secs(3), prepare).await {
+    let ready = match tokio::time::timeout(Duration::from_secs(3), prepare).await {
         Ok(Ok(())) => {
             let m = store.migration_status().await.ok();
             tracing::info!(backend = ?store.backend(), migrations = ?m, "share store ready");
+            true
         }
         Ok(Err(e)) if !e.is_transient() => {
             return Err(anyhow::Error::new(e).context("preparing the share store"));
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "share store unreachable at start; spooling until it is back")
+            tracing::warn!(error = %e, "share store unreachable at start; spooling until it is back");
+            false
         }
-        Err(_) => tracing::warn!("share store slow at start; spooling until it answers"),
-    }
+        Err(_) => {
+            tracing::warn!("share store slow at start; spooling until it answers");
+            false
+        }
+    };
     let (tx, rx) = mpsc::channel(s.queue_capacity);
     let handle = spawn_writer(
         store,
         rx,
         WriterOptions {
             dedicated_thread: true,
+            database_ready: ready,
             ..WriterOptions::from_config(s, &pools)
         },
         s.queue_capacity,

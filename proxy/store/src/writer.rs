@@ -55,6 +55,10 @@ pub struct WriterOptions {
     /// the caller's runtime: turning events into records and encoding a batch then never
     /// holds up a runtime worker that miners' sessions are waiting on.
     pub dedicated_thread: bool,
+    /// The caller has just reached the database (migrated it, recorded the pools): the
+    /// writer starts out writing directly. Otherwise it spools whatever piles up before its
+    /// first write succeeds, as it does while the database is away.
+    pub database_ready: bool,
 }
 
 impl WriterOptions {
@@ -81,6 +85,7 @@ impl WriterOptions {
             parallel: (cfg.max_connections as usize / 2).clamp(1, 4),
             group_commit: cfg.acknowledge == loka_config::AckPolicy::Durable,
             dedicated_thread: false,
+            database_ready: false,
         }
     }
 }
@@ -275,6 +280,7 @@ pub fn spawn_writer(
     }
     let metrics = Arc::new(Metrics::default());
     metrics.spool_bytes.store(spool.bytes(), Relaxed);
+    metrics.db_up.store(opts.database_ready, Relaxed);
     let (stop_tx, stop_rx) = oneshot::channel();
     let default_pool = opts
         .sink

@@ -516,6 +516,52 @@ type StoredShare = (
     chrono::DateTime<chrono::Utc>,
 );
 
+/// A writer started with the database known to be up (the proxy has just migrated it) writes
+/// its first shares directly; one started without that knowledge spools them until its first
+/// write succeeds. Both store every share exactly once.
+#[tokio::test]
+async fn a_writer_that_starts_with_the_database_up_writes_its_first_shares_directly() {
+    for ready in [false, true] {
+        let (store, _pg) = migrated().await;
+        let spool = tempfile::tempdir().unwrap();
+        let (_s, handle, tx) = writer_ready(&store_url(&store), spool.path(), ready).await;
+        for n in 0..1_200u32 {
+            tx.send(share("dave.rig", "main", n, true, "1"))
+                .await
+                .unwrap();
+        }
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                handle.status().submissions_inserted == 1_200
+            })
+            .await,
+            "ready={ready}: {:?}",
+            handle.status()
+        );
+        let status = handle.status();
+        assert!(status.db_up, "ready={ready}: {status:?}");
+        if ready {
+            assert_eq!(status.records_spooled, 0, "{status:?}");
+            assert_eq!(status.records_replayed, 0, "{status:?}");
+        } else {
+            assert!(status.records_spooled > 0, "{status:?}");
+            assert_eq!(
+                status.records_replayed, status.records_spooled,
+                "{status:?}"
+            );
+        }
+        handle.shutdown(Duration::from_secs(5)).await;
+        let counts = loka_store::testing::share_counts(&store_url(&store))
+            .await
+            .unwrap();
+        assert_eq!(
+            (counts.rows, counts.distinct),
+            (1_200, 1_200),
+            "ready={ready}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_column_survives_the_copy_path_byte_for_byte() {
     let (store, pg) = migrated().await;

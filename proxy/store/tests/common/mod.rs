@@ -84,10 +84,20 @@ pub fn disconnected(conn: u64, worker: &str) -> Event {
     })
 }
 
-/// A store on `url` (migrated, pools recorded) and a running writer spooling to `spool`.
+/// A store on `url` (migrated, pools recorded) and a running writer spooling to `spool`,
+/// told the database is ready, as the proxy does after preparing it.
 pub async fn writer(
     url: &str,
     spool: &std::path::Path,
+) -> (Store, StoreHandle, mpsc::Sender<Event>) {
+    writer_ready(url, spool, true).await
+}
+
+/// [`writer`], saying whether the database is known to be ready at start.
+pub async fn writer_ready(
+    url: &str,
+    spool: &std::path::Path,
+    database_ready: bool,
 ) -> (Store, StoreHandle, mpsc::Sender<Event>) {
     let cfg = loka_store::testing::storage_config(url, spool);
     let store = Store::open(&cfg).await.expect("store opens");
@@ -96,7 +106,10 @@ pub async fn writer(
     let handle = spawn_writer(
         store.clone(),
         rx,
-        WriterOptions::from_config(&cfg, &pools()),
+        WriterOptions {
+            database_ready,
+            ..WriterOptions::from_config(&cfg, &pools())
+        },
         cfg.queue_capacity,
     )
     .expect("writer starts");
