@@ -5,7 +5,9 @@
 # STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
 # SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
 # STORAGE_WRITER_IDLE (lower PostgreSQL's or the writer thread's priority; diagnosis),
-# STORAGE_DATABASE_URL (a scratch PostgreSQL elsewhere instead of a throwaway one here).
+# STORAGE_DATABASE_URL (a scratch PostgreSQL elsewhere instead of a throwaway one here),
+# STORAGE_PIN=1 (the throwaway PostgreSQL and the proxy's writer thread on the last core,
+# everything else on the others, in every arm: a database with cores of its own).
 # Builds release binaries, starts a MockPool (loka-bench --serve-pool) and the proxy on
 # 127.0.0.1, runs loka-bench against them, prints one JSON line per measurement.
 set -euo pipefail
@@ -19,9 +21,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 ulimit -n 20000 || true
+# Core sets: empty (no pinning) unless STORAGE_PIN=1 splits the machine for the storage runs.
+# `taskset` execs its command, so $! stays the pid of the process itself.
+pin=() db_cpus=""
 
 start_pool() { # $1 port $2 difficulty $3 job interval
-  "$B" --serve-pool "127.0.0.1:$1" --pool-difficulty "$2" --pool-job-interval "$3" --duration 900 >"$work/pool-$1.json" 2>/dev/null &
+  "${pin[@]}" "$B" --serve-pool "127.0.0.1:$1" --pool-difficulty "$2" --pool-job-interval "$3" --duration 900 >"$work/pool-$1.json" 2>/dev/null &
   pids+=($!)
   for _ in $(seq 50); do grep -q pool_addr "$work/pool-$1.json" 2>/dev/null && return; sleep 0.1; done
   echo "pool did not start" >&2; exit 1
@@ -61,7 +66,7 @@ flush_interval = "${STORAGE_FLUSH:-100ms}"
 [logging]
 level = "warn"
 T
-  "$P" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+  "${pin[@]}" "$P" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
   proxy_pid=$!
   pids+=($proxy_pid)
   for _ in $(seq 100); do
@@ -226,7 +231,7 @@ pg_ticks() { # CPU ticks of every PostgreSQL process of the throwaway server (0 
 storage_run() { # $1 label $2 json name: run the load, print latency and CPU of proxy and PostgreSQL
   local p0 g0 p1 g1
   p0=$(cpu_ticks "$proxy_pid"); g0=$(pg_ticks)
-  "$B" --target 127.0.0.1:13333 --connections 1000 --rate "$rate" --duration 20 --ramp 2 >"$work/$2.json" 2>/dev/null
+  "${pin[@]}" "$B" --target 127.0.0.1:13333 --connections 1000 --rate "$rate" --duration 20 --ramp 2 >"$work/$2.json" 2>/dev/null
   p1=$(cpu_ticks "$proxy_pid"); g1=$(pg_ticks)
   summary "$1" "$work/$2.json"
   histogram "$1: proxy-side submit handling (bucket bounds)" \
@@ -264,6 +269,14 @@ storage() { # Stratum latency with every share written to PostgreSQL versus stor
   else
     eval "$(tests/pg.sh up)"
     trap 'tests/pg.sh down "$LOKA_TEST_PG_DIR" >/dev/null 2>&1 || true; cleanup' EXIT
+    if [ -n "${STORAGE_PIN:-}" ]; then
+      # The last core for PostgreSQL (backends inherit the postmaster's affinity) and the
+      # proxy's writer thread; the pool simulator, the proxy and the load generator on the rest.
+      local last=$(($(nproc) - 1))
+      db_cpus="$last"
+      pin=(taskset -c "0-$((last - 1))")
+      for p in $(pg_pids); do taskset -a -p -c "$db_cpus" "$p" >/dev/null; done
+    fi
   fi
   start_pool 13338 0.000001 30
   # STORAGE_CONTROL=1 adds two runs with storage off: PostgreSQL taking the same rows from
@@ -289,11 +302,16 @@ storage() { # Stratum latency with every share written to PostgreSQL versus stor
         grep -q loka-store "$t/comm" && chrt -i -p 0 "$(basename "$t")"
       done
     fi
+    if [ -n "$db_cpus" ]; then
+      for t in /proc/"$proxy_pid"/task/*; do
+        if grep -q loka-store "$t/comm"; then taskset -p -c "$db_cpus" "$(basename "$t")" >/dev/null; fi
+      done
+    fi
     storage_run "storage on (PostgreSQL, every share): 1000 conns @${rate}/s (run $i)" "on-$i"
     kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
     if [ -n "${STORAGE_CONTROL:-}" ]; then
       start_proxy 13338 0.000000001 true
-      pg_load "$rate" &
+      if [ -n "$db_cpus" ]; then taskset -c "$db_cpus" bash -c "$(declare -f pg_load); pg_load $rate" & else pg_load "$rate" & fi
       local loader=$!
       storage_run "control, storage off while PostgreSQL takes ${rate} rows/s from psql (run $i)" "db-load-$i"
       wait "$loader"
