@@ -12,6 +12,7 @@ use crate::stats::WorkerStats;
 use crate::upstream::work::{LocalJob, Work};
 use crate::upstream::{Submission, UpstreamHandle, Verdict};
 use loka_config::Mode;
+use loka_store::compact_str::{CompactString, format_compact};
 use loka_stratum::message::{
     Configure, Envelope, Request, Submit, error_line, method_line, result_line, set_difficulty_line,
 };
@@ -867,7 +868,7 @@ impl Session {
             // The header's version, whatever bits the miner rolled.
             version: submit
                 .version_bits
-                .map(|_| format!("{:08x}", share.version)),
+                .map(|_| format_compact!("{:08x}", share.version)),
             hash_difficulty: hash_difficulty(&share.hash),
             block_candidate: block,
             block_hash: block.then(|| hash_to_display_hex(&share.hash)),
@@ -1030,12 +1031,12 @@ impl Session {
             connection_id: self.id,
             worker: worker.clone(),
             pool: pool.clone(),
-            job_id: submit.job_id.clone(),
-            extranonce1: hex::encode(&self.extranonce1),
-            extranonce2: hex::encode(&submit.extranonce2),
-            ntime: format!("{:08x}", submit.ntime),
-            nonce: format!("{:08x}", submit.nonce),
-            version: submit.version_bits.map(|v| format!("{v:08x}")),
+            job_id: submit.job_id.as_str().into(),
+            extranonce1: hex_compact(&self.extranonce1),
+            extranonce2: hex_compact(&submit.extranonce2),
+            ntime: format_compact!("{:08x}", submit.ntime),
+            nonce: format_compact!("{:08x}", submit.nonce),
+            version: submit.version_bits.map(|v| format_compact!("{v:08x}")),
             accepted: reject.is_none(),
             reject_reason: reject,
             difficulty: difficulty.as_decimal(),
@@ -1072,5 +1073,36 @@ impl Session {
             );
             self.shared.emit_share(Event::Share(event)).await;
         }
+    }
+}
+
+/// Lower-case hex of `bytes` as an inline string: no heap allocation up to 12 bytes (every
+/// extranonce a pool or the proxy hands out in practice).
+fn hex_compact(bytes: &[u8]) -> CompactString {
+    let mut buf = [0u8; 24];
+    if let Some(out) = buf.get_mut(..bytes.len() * 2)
+        && hex::encode_to_slice(bytes, out).is_ok()
+        && let Ok(hex) = std::str::from_utf8(out)
+    {
+        return hex.into();
+    }
+    hex::encode(bytes).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex_compact;
+
+    #[test]
+    fn hex_compact_is_inline_up_to_twelve_bytes_and_right_past_them() {
+        let twelve: Vec<u8> = (0xf0..0xfc).collect();
+        let h = hex_compact(&twelve);
+        assert_eq!(h, "f0f1f2f3f4f5f6f7f8f9fafb");
+        assert!(!h.is_heap_allocated());
+        let sixteen: Vec<u8> = (0..16).collect();
+        let h = hex_compact(&sixteen);
+        assert_eq!(h, hex::encode(&sixteen));
+        assert_eq!(hex_compact(&[]), "");
+        assert_eq!(hex_compact(&[0x0a]), "0a");
     }
 }

@@ -15,6 +15,7 @@
 //! writer that keeps up spools nothing and commits the last row within about one flush
 //! interval of the last send.
 
+use loka_store::compact_str::format_compact;
 use loka_store::events::{Event, ShareEvent};
 use loka_store::{PoolInfo, Store, WriterOptions, spawn_writer};
 use rust_decimal::Decimal;
@@ -74,11 +75,11 @@ fn main() {
                     connection_id: u64::from(i % workers),
                     worker: names[(i % workers) as usize].clone(),
                     pool: pool.clone(),
-                    job_id: format!("{:x}", i / 10_000),
+                    job_id: format_compact!("{:x}", i / 10_000),
                     extranonce1: "0a0b0c0d".into(),
-                    extranonce2: format!("{i:016x}"),
+                    extranonce2: format_compact!("{i:016x}"),
                     ntime: "665f1a2b".into(),
-                    nonce: format!("{:08x}", i.wrapping_mul(2_654_435_761)),
+                    nonce: format_compact!("{:08x}", i.wrapping_mul(2_654_435_761)),
                     version: Some("20000000".into()),
                     accepted: i % 50 != 0,
                     reject_reason: (i % 50 == 0).then_some("low_difficulty"),

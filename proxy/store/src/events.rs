@@ -3,6 +3,7 @@
 //! counted), so a stalled writer slows miners' replies instead of losing what they are owed.
 //! Connection events that find the queue full are dropped and counted.
 
+use compact_str::CompactString;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,13 +17,17 @@ pub struct ShareEvent {
     pub connection_id: u64,
     pub worker: Arc<str>,
     pub pool: Arc<str>,
+    // The short fields are inline strings (up to 24 bytes without a heap allocation): an
+    // event is built on a session's thread and dropped on the writer's, and heap strings
+    // freed across threads cost both sides in the allocator.
     /// The job id the miner submitted (the proxy's id).
-    pub job_id: String,
-    pub extranonce1: String,
-    pub extranonce2: String,
-    pub ntime: String,
-    pub nonce: String,
-    pub version: Option<String>,
+    pub job_id: CompactString,
+    /// Hex, as the share's header used them.
+    pub extranonce1: CompactString,
+    pub extranonce2: CompactString,
+    pub ntime: CompactString,
+    pub nonce: CompactString,
+    pub version: Option<CompactString>,
     pub accepted: bool,
     pub reject_reason: Option<&'static str>,
     /// The difficulty the share was judged against (the credit it earns), exact.

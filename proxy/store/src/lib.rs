@@ -25,7 +25,7 @@ pub mod writer;
 
 pub use db::{Backend, DatabaseHealth, MigrationStatus, PoolInfo, Store};
 pub use writer::{ShutdownReport, StoreHandle, StoreStatus, WriterOptions, spawn_writer};
-pub use {chrono, uuid};
+pub use {chrono, compact_str, uuid};
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,10 @@
 //! same bytes go to the database, to the spool and back, so a replay is the very same row.
 
 use crate::events::{ConnectionEvent, Event, ShareEvent};
+use compact_str::CompactString;
 use rust_decimal::Decimal;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -19,14 +21,14 @@ pub struct ShareRecord {
     pub at_us: i64,
     pub connection_id: u64,
     /// The full login ("alice.rig1").
-    pub worker: String,
-    pub pool: String,
-    pub job_id: String,
-    pub extranonce1: String,
-    pub extranonce2: String,
-    pub ntime: String,
-    pub nonce: String,
-    pub version: Option<String>,
+    pub worker: Arc<str>,
+    pub pool: Arc<str>,
+    pub job_id: CompactString,
+    pub extranonce1: CompactString,
+    pub extranonce2: CompactString,
+    pub ntime: CompactString,
+    pub nonce: CompactString,
+    pub version: Option<CompactString>,
     pub accepted: bool,
     pub reject_reason: Option<String>,
     pub difficulty: Decimal,
@@ -82,15 +84,16 @@ pub fn fit(s: &str, max: usize) -> String {
     fit_owned(s.to_owned(), max)
 }
 
-/// [`fit`] for a string the caller gives away: kept as it is when it already fits.
-pub fn fit_owned(s: String, max: usize) -> String {
+/// [`fit`] for a string the caller gives away (a `String`, a `CompactString`, an
+/// `Arc<str>`): kept as it is when it already fits, so a share's fields move into its record.
+pub fn fit_owned<T: AsRef<str> + for<'a> From<&'a str>>(s: T, max: usize) -> T {
+    let r = s.as_ref();
     // The usual case, a short clean string: at most `max` bytes is at most `max` characters.
-    if s.len() <= max && !s.contains('\0') {
+    if r.len() <= max && !r.contains('\0') {
         return s;
     }
-    let mut out: String = s.chars().filter(|c| *c != '\0').take(max).collect();
-    out.shrink_to_fit();
-    out
+    let out: String = r.chars().filter(|c| *c != '\0').take(max).collect();
+    T::from(out.as_str())
 }
 
 /// The miner of a login: the part before the first dot ("alice.rig1" → "alice").
@@ -172,8 +175,8 @@ fn share_record(s: ShareEvent) -> ShareRecord {
         id,
         at_us,
         connection_id: s.connection_id,
-        worker: fit(&s.worker, 255),
-        pool: fit(&s.pool, 255),
+        worker: fit_owned(s.worker, 255),
+        pool: fit_owned(s.pool, 255),
         job_id: fit_owned(s.job_id, 64),
         extranonce1: fit_owned(s.extranonce1, 16),
         extranonce2: fit_owned(s.extranonce2, 32),
@@ -214,8 +217,8 @@ pub fn encode(records: &[Record], out: &mut Vec<u8>) {
                 out.extend_from_slice(&s.at_us.to_le_bytes());
                 out.extend_from_slice(&s.connection_id.to_le_bytes());
                 for t in [
-                    &s.worker,
-                    &s.pool,
+                    &*s.worker,
+                    &*s.pool,
                     &s.job_id,
                     &s.extranonce1,
                     &s.extranonce2,
@@ -283,14 +286,14 @@ pub fn decode(mut b: &[u8]) -> Result<Vec<Record>, DecodeError> {
                 let id = Uuid::from_slice(take(r, 16)?).map_err(|_| DecodeError("uuid"))?;
                 let at_us = take_i64(r)?;
                 let connection_id = take_i64(r)? as u64;
-                let worker = take_str(r)?;
-                let pool = take_str(r)?;
-                let job_id = take_str(r)?;
-                let extranonce1 = take_str(r)?;
-                let extranonce2 = take_str(r)?;
-                let ntime = take_str(r)?;
-                let nonce = take_str(r)?;
-                let version = take_opt(r)?;
+                let worker = take_str(r)?.into();
+                let pool = take_str(r)?.into();
+                let job_id = take_str(r)?.into();
+                let extranonce1 = take_str(r)?.into();
+                let extranonce2 = take_str(r)?.into();
+                let ntime = take_str(r)?.into();
+                let nonce = take_str(r)?.into();
+                let version = take_opt(r)?.map(Into::into);
                 let accepted = take(r, 1)?[0] != 0;
                 let reject_reason = take_opt(r)?;
                 let mut dec = [0u8; 16];
@@ -371,8 +374,8 @@ fn take_opt(b: &mut &[u8]) -> Result<Option<String>, DecodeError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use compact_str::format_compact;
     use std::str::FromStr;
-    use std::sync::Arc;
 
     pub fn share_event(worker: &str, nonce: u32, accepted: bool) -> ShareEvent {
         ShareEvent {
@@ -384,7 +387,7 @@ pub(crate) mod tests {
             extranonce1: "0001".into(),
             extranonce2: "00000000".into(),
             ntime: "665f1a2b".into(),
-            nonce: format!("{nonce:08x}"),
+            nonce: format_compact!("{nonce:08x}"),
             version: Some("20000000".into()),
             accepted,
             reject_reason: (!accepted).then_some("duplicate"),
@@ -444,7 +447,7 @@ pub(crate) mod tests {
     #[test]
     fn text_is_made_to_fit_and_identity_is_fixed_once() {
         let mut e = share_event("bob", 1, false);
-        e.job_id = "j".repeat(500);
+        e.job_id = "j".repeat(500).into();
         e.worker = Arc::from(format!("bob\0.{}", "é".repeat(300)).as_str());
         e.difficulty = Decimal::from_str("0.123456789").unwrap();
         let Some(Record::Share(s)) = Recorder::new("p").record(Event::Share(e.clone())) else {
@@ -469,7 +472,10 @@ pub(crate) mod tests {
         let at = nonce.as_ptr();
         let kept = fit_owned(nonce, 8);
         assert_eq!(kept.as_ptr(), at);
-        assert_eq!(fit_owned("0000abcd1".into(), 8), "0000abcd");
+        assert_eq!(fit_owned(String::from("0000abcd1"), 8), "0000abcd");
+        let worker: Arc<str> = Arc::from("alice.rig1");
+        assert!(Arc::ptr_eq(&fit_owned(worker.clone(), 255), &worker));
+        assert_eq!(fit_owned(CompactString::from("ab\0c"), 8), "abc");
         assert_eq!(miner_of("alice.rig1.x"), "alice");
         assert_eq!(miner_of("carol"), "carol");
         assert_eq!(miner_of(".x"), ".x");

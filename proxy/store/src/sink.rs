@@ -281,7 +281,7 @@ impl Sink {
             // last activity per worker
             let mut activity: HashMap<Uuid, i64> = HashMap::default();
             for s in &shares {
-                let w = ids[&(s.pool.as_str(), s.worker.as_str())];
+                let w = ids[&(&*s.pool, &*s.worker)];
                 workers.push(w);
                 let e = activity.entry(w).or_insert(s.at_us);
                 *e = (*e).max(s.at_us);
@@ -533,7 +533,7 @@ impl Sink {
             sql.push_str(" ON CONFLICT DO NOTHING");
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for s in chunk {
-                let w = ids[&(s.pool.as_str(), s.worker.as_str())];
+                let w = ids[&(&*s.pool, &*s.worker)];
                 q = q
                     .bind(s.id.to_string())
                     .bind(w.to_string())
@@ -655,7 +655,7 @@ impl Sink {
 
 fn names(r: &Record) -> Option<(&str, &str)> {
     match r {
-        Record::Share(s) => Some((s.pool.as_str(), s.worker.as_str())),
+        Record::Share(s) => Some((&*s.pool, &*s.worker)),
         Record::Connect(c) => Some((c.pool.as_str(), c.worker.as_str())),
         Record::Disconnect(_) => None,
     }

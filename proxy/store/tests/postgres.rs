@@ -578,7 +578,7 @@ async fn every_column_survives_the_copy_path_byte_for_byte() {
         else {
             unreachable!()
         };
-        e.job_id = job.to_string();
+        e.job_id = (*job).into();
         e.version = (i == 1).then(|| "20000004".into());
         e.block_hash = (i == 2).then(|| "00".repeat(32));
         tx.send(Event::Share(e)).await.unwrap();

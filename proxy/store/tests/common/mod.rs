@@ -1,6 +1,7 @@
 //! Event builders and a writer harness shared by the store's integration tests.
 #![allow(dead_code)]
 
+use loka_store::compact_str::format_compact;
 use loka_store::events::{ConnectionEvent, Event, ShareEvent};
 use loka_store::{PoolInfo, Store, StoreHandle, WriterOptions, spawn_writer};
 use rust_decimal::Decimal;
@@ -47,11 +48,11 @@ pub fn share_at(
         connection_id: 1,
         worker: Arc::from(worker),
         pool: Arc::from(pool),
-        job_id: format!("{:x}", nonce / 1000),
+        job_id: format_compact!("{:x}", nonce / 1000),
         extranonce1: "00010203".into(),
         extranonce2: "0000000000000001".into(),
         ntime: "665f1a2b".into(),
-        nonce: format!("{nonce:08x}"),
+        nonce: format_compact!("{nonce:08x}"),
         version: None,
         accepted,
         reject_reason: (!accepted).then_some("low_difficulty"),
