@@ -96,13 +96,16 @@ fn main() {
         let handle = spawn_writer(
             store.clone(),
             rx,
-            WriterOptions::from_config(&cfg, &pools),
+            WriterOptions {
+                // as the proxy does when it has just opened the store
+                database_ready: true,
+                ..WriterOptions::from_config(&cfg, &pools)
+            },
             cfg.queue_capacity,
         )
         .unwrap();
-        // Warm-up: the first write migrates, makes partitions and finds the database up;
-        // until then the writer spools (it does not know the database is there). One share
-        // takes that path before the clock starts.
+        // Warm-up: the first write checks the migrations, makes partitions and caches the
+        // statement; one share takes that path before the clock starts.
         let mut warmup = match &events[0] {
             Event::Share(e) => e.clone(),
             Event::Connection(_) => unreachable!(),
