@@ -1,9 +1,11 @@
 //! Writing one batch of records, in one transaction, idempotently.
 //!
 //! Order of work in a batch: resolve (upsert) the pools, miners and workers the batch names
-//! (ids are cached), apply connection lifecycle records in order, insert the shares with one
-//! statement (`COPY … FROM STDIN` on PostgreSQL, multi-row `INSERT` on SQLite), then move
-//! `workers.last_activity` / `miners.last_seen` forward. Every step is idempotent and guarded
+//! (ids are cached once the transaction has committed), apply connection lifecycle records
+//! (each worker's in order), insert the shares with one statement (`COPY … FROM STDIN` on
+//! PostgreSQL, multi-row `INSERT` on SQLite), then move `workers.last_activity` /
+//! `miners.last_seen` forward (on PostgreSQL skipping rows a concurrent batch holds, so
+//! batches never queue on the miner row their workers share). Every step is idempotent and guarded
 //! by the records' own timestamps, so a batch written twice, or replayed from the spool after
 //! newer batches, leaves the same rows: on PostgreSQL a batch the unique keys refuse (it was
 //! stored before) is written again as `INSERT … SELECT * FROM UNNEST(…) ON CONFLICT DO
@@ -72,6 +74,16 @@ enum Conflicts {
     /// Skip the row (`INSERT … ON CONFLICT DO NOTHING`): for a batch that may be stored
     /// already.
     Skip,
+}
+
+/// What [`Sink::resolve_pg`] found for a batch: the worker id of every (pool, worker) it
+/// names, and the pools and workers it had to look up (not yet cached).
+struct Resolved<'r> {
+    ids: HashMap<(&'r str, &'r str), Uuid>,
+    /// (name, id)
+    pools: Vec<(String, Uuid)>,
+    /// (pool id, worker name, id)
+    workers: Vec<(Uuid, String, Uuid)>,
 }
 
 /// Rows per multi-row INSERT on SQLite.
@@ -227,7 +239,15 @@ impl Sink {
     async fn write_once(&mut self, records: &[Record], conflicts: Conflicts) -> Result<Outcome> {
         match self.store.db.clone() {
             Db::Postgres(pool) => self.write_pg(&pool, records, conflicts).await,
-            Db::Sqlite(pool) => self.write_sqlite(&pool, records).await,
+            Db::Sqlite(pool) => {
+                // Ids cached during a transaction that failed may name rows it never
+                // committed; SQLite fails rarely (one writer), so drop the whole cache then.
+                let r = self.write_sqlite(&pool, records).await;
+                if r.is_err() {
+                    self.forget();
+                }
+                r
+            }
         }
     }
 
@@ -251,14 +271,30 @@ impl Sink {
             }
         }
         let mut tx = pool.begin().await?;
-        let ids = self.resolve_pg(&mut tx, records).await?;
+        let Resolved {
+            ids,
+            pools: new_pools,
+            workers: new_workers,
+        } = self.resolve_pg(&mut tx, records).await?;
         let mut out = Outcome::default();
-        let mut activity_done: Vec<(Uuid, i64)> = Vec::new();
-        for r in records {
+        // Newest instant per worker this batch shows it active (shares and connects).
+        let mut activity: HashMap<Uuid, i64> = HashMap::default();
+        // Connects and disconnects, each worker's in arrival order, the workers in name order:
+        // two batches written at once then lock the rows they share in the same order and
+        // cannot deadlock. Records of different workers do not depend on each other (each
+        // update is guarded by its own instant and connection).
+        let mut lifecycle: Vec<&Record> = records
+            .iter()
+            .filter(|r| !matches!(r, Record::Share(_)))
+            .collect();
+        lifecycle.sort_by(|a, b| lifecycle_worker(a).cmp(lifecycle_worker(b)));
+        for r in lifecycle {
             match r {
                 Record::Connect(c) => {
                     let id = ids[&(c.pool.as_str(), c.worker.as_str())];
                     pg_connect(&mut tx, id, c).await?;
+                    let e = activity.entry(id).or_insert(c.at_us);
+                    *e = (*e).max(c.at_us);
                     out.lifecycle += 1;
                 }
                 Record::Disconnect(d) => {
@@ -278,8 +314,6 @@ impl Sink {
         if !shares.is_empty() {
             let n = shares.len();
             let mut workers = Vec::with_capacity(n);
-            // last activity per worker
-            let mut activity: HashMap<Uuid, i64> = HashMap::default();
             for s in &shares {
                 let w = ids[&(&*s.pool, &*s.worker)];
                 workers.push(w);
@@ -292,60 +326,50 @@ impl Sink {
             };
             out.inserted = inserted;
             out.duplicates = n as u64 - inserted;
-            // Activity moves forward at most every ACTIVITY_EVERY per worker (connects and
-            // disconnects set it exactly): most batches update no worker row at all.
-            let mut act: Vec<(Uuid, i64)> = activity
-                .into_iter()
-                .filter(|(w, t)| {
-                    self.activity
-                        .get(w)
-                        .is_none_or(|last| *t - *last >= ACTIVITY_EVERY_US)
-                })
-                .collect();
-            act.sort_unstable();
-            activity_done = act;
         }
-        if !activity_done.is_empty() {
-            let (wid, wat): (Vec<Uuid>, Vec<DateTime<Utc>>) =
-                activity_done.iter().map(|(w, t)| (*w, utc(*t))).unzip();
-            sqlx::query(
-                "UPDATE workers w SET last_activity = v.at \
-                 FROM UNNEST($1::uuid[], $2::timestamptz[]) AS v(id, at) \
-                 WHERE w.id = v.id AND (w.last_activity IS NULL OR w.last_activity < v.at)",
-            )
-            .bind(&wid)
-            .bind(&wat)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE miners m SET last_seen = v.at FROM ( \
-                   SELECT w.miner_id, MAX(u.at) AS at \
-                   FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) \
-                   JOIN workers w ON w.id = u.id GROUP BY w.miner_id ORDER BY w.miner_id) v \
-                 WHERE m.id = v.miner_id AND (m.last_seen IS NULL OR m.last_seen < v.at)",
-            )
-            .bind(&wid)
-            .bind(&wat)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // Activity moves forward at most every ACTIVITY_EVERY per worker (connects set the
+        // worker's exactly): most batches update no worker row at all.
+        let mut due: Vec<(Uuid, i64)> = activity
+            .into_iter()
+            .filter(|(w, t)| {
+                self.activity
+                    .get(w)
+                    .is_none_or(|last| *t - *last >= ACTIVITY_EVERY_US)
+            })
+            .collect();
+        due.sort_unstable();
+        let activity_done = if due.is_empty() {
+            Vec::new()
+        } else {
+            pg_activity(&mut tx, &due).await?
+        };
         tx.commit().await?;
+        // Only what a committed transaction wrote or read is remembered: ids learned in a
+        // transaction that rolled back may name rows that never came to be.
+        for (name, id) in new_pools {
+            self.pools.insert(name, id);
+        }
+        for (pool, worker, id) in new_workers {
+            self.remember_worker(pool, worker, id);
+        }
         for (w, t) in activity_done {
             self.activity.insert(w, t);
         }
         Ok(out)
     }
 
-    /// Worker ids for every (pool, worker) the batch names, creating rows as needed.
+    /// Worker ids for every (pool, worker) the batch names, creating rows as needed. The ids
+    /// it had to look up are returned beside them, for the caller to cache once the
+    /// transaction has committed.
     async fn resolve_pg<'r>(
-        &mut self,
+        &self,
         tx: &mut sqlx::Transaction<'_, Pg>,
         records: &'r [Record],
-    ) -> Result<HashMap<(&'r str, &'r str), Uuid>> {
-        let mut out = HashMap::default();
+    ) -> Result<Resolved<'r>> {
+        let mut ids = HashMap::default();
         let mut missing: Vec<(&str, &str)> = Vec::new();
         for (pool, worker) in records.iter().filter_map(names) {
-            if out.contains_key(&(pool, worker)) {
+            if ids.contains_key(&(pool, worker)) {
                 continue;
             }
             match self
@@ -354,14 +378,19 @@ impl Sink {
                 .and_then(|p| self.worker_id(*p, worker))
             {
                 Some(id) => {
-                    out.insert((pool, worker), id);
+                    ids.insert((pool, worker), id);
                 }
                 None => {
-                    out.insert((pool, worker), Uuid::nil());
+                    ids.insert((pool, worker), Uuid::nil());
                     missing.push((pool, worker));
                 }
             }
         }
+        let mut out = Resolved {
+            ids,
+            pools: Vec::new(),
+            workers: Vec::new(),
+        };
         if missing.is_empty() {
             return Ok(out);
         }
@@ -383,15 +412,18 @@ impl Sink {
             .bind(&unknown)
             .execute(&mut **tx)
             .await?;
-            let rows: Vec<(Uuid, String)> =
-                sqlx::query_as("SELECT id, name FROM pools WHERE name = ANY($1)")
-                    .bind(&unknown)
-                    .fetch_all(&mut **tx)
-                    .await?;
-            for (id, name) in rows {
-                self.pools.insert(name, id);
-            }
+            out.pools = sqlx::query_as("SELECT name, id FROM pools WHERE name = ANY($1)")
+                .bind(&unknown)
+                .fetch_all(&mut **tx)
+                .await?;
         }
+        let pool_id = |name: &str| {
+            self.pools.get(name).copied().or_else(|| {
+                out.pools
+                    .iter()
+                    .find_map(|(n, id)| (n.as_str() == name).then_some(*id))
+            })
+        };
         // miners
         let mut miners: Vec<&str> = missing.iter().map(|(_, w)| miner_of(w)).collect();
         miners.sort_unstable();
@@ -408,13 +440,13 @@ impl Sink {
         let mut p = Vec::new();
         let mut w = Vec::new();
         for (pool, worker) in &missing {
-            let Some(pid) = self.pools.get(*pool) else {
+            let Some(pid) = pool_id(pool) else {
                 return Err(Error::Invalid(format!(
                     "pool {pool:?} could not be recorded"
                 )));
             };
             u.push(miner_of(worker));
-            p.push(*pid);
+            p.push(pid);
             w.push(*worker);
         }
         sqlx::query(
@@ -429,8 +461,8 @@ impl Sink {
         .bind(&w)
         .execute(&mut **tx)
         .await?;
-        let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-            "SELECT w.id, w.pool_id, w.worker_name::text FROM workers w \
+        out.workers = sqlx::query_as(
+            "SELECT w.pool_id, w.worker_name::text, w.id FROM workers w \
              JOIN UNNEST($1::uuid[], $2::text[]) AS v(pool_id, w) \
                ON w.pool_id = v.pool_id AND w.worker_name = v.w",
         )
@@ -438,18 +470,20 @@ impl Sink {
         .bind(&w)
         .fetch_all(&mut **tx)
         .await?;
-        for (id, pool_id, worker) in rows {
-            self.remember_worker(pool_id, worker, id);
-        }
+        let found: HashMap<(Uuid, &str), Uuid> = out
+            .workers
+            .iter()
+            .map(|(p, w, id)| ((*p, w.as_str()), *id))
+            .collect();
         for (pool, worker) in &missing {
-            let pid = self.pools[*pool];
-            if let Some(id) = self.worker_id(pid, worker)
-                && let Some(slot) = out.get_mut(&(*pool, *worker))
+            if let Some(pid) = pool_id(pool)
+                && let Some(id) = found.get(&(pid, *worker))
+                && let Some(slot) = out.ids.get_mut(&(*pool, *worker))
             {
-                *slot = id;
+                *slot = *id;
             }
         }
-        if let Some(((p, w), _)) = out.iter().find(|(_, id)| id.is_nil()) {
+        if let Some(((p, w), _)) = out.ids.iter().find(|(_, id)| id.is_nil()) {
             return Err(Error::Invalid(format!(
                 "worker {w:?} on pool {p:?} could not be recorded"
             )));
@@ -684,14 +718,6 @@ async fn pg_connect(
     .bind(c.connection_id as i64)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(
-        "UPDATE miners SET last_seen = $2 WHERE id = (SELECT miner_id FROM workers WHERE id = $1) \
-           AND (last_seen IS NULL OR last_seen < $2)",
-    )
-    .bind(worker)
-    .bind(at)
-    .execute(&mut **tx)
-    .await?;
     Ok(())
 }
 
@@ -708,6 +734,55 @@ async fn pg_disconnect(tx: &mut sqlx::Transaction<'_, Pg>, d: &DisconnectRecord)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The worker a connect or disconnect record is about (shares: none), to order them.
+fn lifecycle_worker(r: &Record) -> &str {
+    match r {
+        Record::Connect(c) => &c.worker,
+        Record::Disconnect(d) => &d.worker,
+        Record::Share(_) => "",
+    }
+}
+
+/// Move `workers.last_activity` and their miners' `last_seen` forward to `due` (worker id,
+/// µs; sorted by id), only ever forward. Rows another transaction has locked are skipped,
+/// not waited for: a miner's row is shared by all its workers, and waiting on it would
+/// make concurrent batches queue behind each other's commits (or deadlock with a batch
+/// that locked the same rows in another order). Returns the workers done, worker and
+/// miner both; the rest are due again with the next batch.
+async fn pg_activity(
+    tx: &mut sqlx::Transaction<'_, Pg>,
+    due: &[(Uuid, i64)],
+) -> Result<Vec<(Uuid, i64)>> {
+    let (ids, ats): (Vec<Uuid>, Vec<DateTime<Utc>>) =
+        due.iter().map(|(w, t)| (*w, utc(*t))).unzip();
+    let done: Vec<Uuid> = sqlx::query_scalar(
+        "WITH v AS (SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) AS v(id, at)), \
+         wl AS (SELECT w.id, w.miner_id FROM workers w WHERE w.id IN (SELECT id FROM v) \
+                ORDER BY w.id FOR NO KEY UPDATE SKIP LOCKED), \
+         wu AS (UPDATE workers w SET last_activity = v.at FROM v, wl \
+                WHERE w.id = v.id AND w.id = wl.id \
+                  AND (w.last_activity IS NULL OR w.last_activity < v.at)), \
+         m AS (SELECT wl.miner_id AS id, MAX(v.at) AS at FROM wl JOIN v ON v.id = wl.id \
+               GROUP BY wl.miner_id), \
+         ml AS (SELECT mi.id FROM miners mi WHERE mi.id IN (SELECT id FROM m) \
+                ORDER BY mi.id FOR NO KEY UPDATE SKIP LOCKED), \
+         mu AS (UPDATE miners mi SET last_seen = m.at FROM m, ml \
+                WHERE mi.id = m.id AND mi.id = ml.id \
+                  AND (mi.last_seen IS NULL OR mi.last_seen < m.at)) \
+         SELECT wl.id FROM wl JOIN ml ON ml.id = wl.miner_id",
+    )
+    .bind(&ids)
+    .bind(&ats)
+    .fetch_all(&mut **tx)
+    .await?;
+    let done: HashSet<Uuid> = done.into_iter().collect();
+    Ok(due
+        .iter()
+        .copied()
+        .filter(|(w, _)| done.contains(w))
+        .collect())
 }
 
 /// The columns of `submissions` the writer fills, in the order both share writes use.

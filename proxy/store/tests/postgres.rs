@@ -7,6 +7,8 @@ mod common;
 use common::*;
 use loka_store::accounting::{Method, NewEarning};
 use loka_store::events::Event;
+use loka_store::record::{Record, Recorder};
+use loka_store::sink::{Sink, SinkOptions};
 use loka_store::testing::fresh_pg_database;
 use loka_store::{Backend, Store};
 use sqlx::PgPool;
@@ -608,4 +610,113 @@ async fn every_column_survives_the_copy_path_byte_for_byte() {
         assert_eq!(block, (i == 2).then(|| "00".repeat(32)));
         assert_eq!(submitted.timestamp_micros(), 1_767_323_045_000_007);
     }
+}
+
+/// A sink as the writer makes it, on a migrated store.
+fn sink(store: &Store) -> Sink {
+    Sink::new(
+        store.clone(),
+        SinkOptions {
+            run_migrations: false,
+            pools: pools(),
+            partitions_ahead: 1,
+            retention_months: 0,
+            maintenance_every: Duration::from_secs(3600),
+        },
+    )
+}
+
+/// A transaction that rolls back must not leave ids behind in the sink's cache. Here a
+/// replayed share makes the batch's plain first try fail (23505) after it had created a
+/// new worker; that worker's row went with the rollback, so the second try must look it up
+/// again rather than insert shares naming an id that no longer exists (which the database
+/// refuses, 23503, and which used to end as a dead letter: a share lost).
+#[tokio::test]
+async fn a_rolled_back_batch_leaves_no_worker_id_behind() {
+    let (store, pg) = migrated().await;
+    let mut sink = sink(&store);
+    let mut rec = Recorder::new("main");
+    let first = rec
+        .record(share("alice.rig1", "main", 1, true, "1"))
+        .unwrap();
+    let o = sink.write(std::slice::from_ref(&first)).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    let new = rec
+        .record(share("carol.rig1", "main", 2, true, "1"))
+        .unwrap();
+    let o = sink.write(&[new, first]).await.unwrap();
+    assert!(o.dead.is_empty(), "dead letters: {:?}", o.dead);
+    assert!(
+        o.retried,
+        "the plain first try was refused by the unique key"
+    );
+    assert_eq!((o.inserted, o.duplicates), (1, 1));
+    let carol: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM submissions s JOIN workers w ON w.id = s.worker_id \
+         WHERE w.worker_name = 'carol.rig1'",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(carol, 1);
+}
+
+type Utc = chrono::DateTime<chrono::Utc>;
+
+/// Concurrent batches must not queue behind each other on the rows of a miner all their
+/// workers share: a batch skips the activity update of a worker or miner row another
+/// transaction holds (and does it with a later batch) instead of waiting for its commit.
+#[tokio::test]
+async fn a_batch_does_not_wait_for_a_locked_miner_or_worker_row() {
+    let (store, pg) = migrated().await;
+    let mut sink = sink(&store);
+    let mut rec = Recorder::new("main");
+    let t0 = SystemTime::now();
+    let mut batch = |at: SystemTime, nonce: u32, workers: &[&str]| -> Vec<Record> {
+        workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                rec.record(share_at(w, "main", nonce + i as u32, true, "1", at))
+                    .unwrap()
+            })
+            .collect()
+    };
+    let first = batch(t0, 10, &["alice.rig1", "alice.rig2"]);
+    sink.write(&first).await.unwrap();
+    // Another transaction holds alice's row and rig1's, as a concurrent batch moving their
+    // activity forward would until its commit.
+    let mut other = pg.begin().await.unwrap();
+    for lock in [
+        "SELECT id FROM miners WHERE username = 'alice' FOR NO KEY UPDATE",
+        "SELECT id FROM workers WHERE worker_name = 'alice.rig1' FOR NO KEY UPDATE",
+    ] {
+        sqlx::query(lock).execute(&mut *other).await.unwrap();
+    }
+    // 6 s on, both workers' activity is due again.
+    let t1 = t0 + Duration::from_secs(6);
+    let second = batch(t1, 20, &["alice.rig1", "alice.rig2"]);
+    let o = tokio::time::timeout(Duration::from_secs(10), sink.write(&second))
+        .await
+        .expect("the batch waited for rows another transaction holds")
+        .unwrap();
+    assert_eq!(o.inserted, 2);
+    let seen = || async {
+        sqlx::query_as::<_, (Option<Utc>, Option<Utc>)>(
+            "SELECT w.last_activity, m.last_seen FROM workers w JOIN miners m ON m.id = w.miner_id \
+             WHERE w.worker_name = 'alice.rig1'",
+        )
+        .fetch_one(&pg)
+        .await
+        .unwrap()
+    };
+    let t1_utc = Utc::from(t1);
+    let (activity, last_seen) = seen().await;
+    assert!(activity.unwrap() < t1_utc && last_seen.unwrap() < t1_utc);
+    other.rollback().await.unwrap();
+    // The next batch moves what was skipped.
+    let third = batch(t1 + Duration::from_secs(1), 30, &["alice.rig1"]);
+    sink.write(&third).await.unwrap();
+    let (activity, last_seen) = seen().await;
+    assert!(activity.unwrap() > t1_utc && last_seen.unwrap() > t1_utc);
 }
