@@ -7,7 +7,9 @@
 # STORAGE_WRITER_IDLE (lower PostgreSQL's or the writer thread's priority; diagnosis),
 # STORAGE_DATABASE_URL (a scratch PostgreSQL elsewhere instead of a throwaway one here),
 # STORAGE_PIN=1 (the throwaway PostgreSQL and the proxy's writer thread on the last core,
-# everything else on the others, in every arm: a database with cores of its own).
+# everything else on the others, in every arm: a database with cores of its own),
+# STORAGE_TIMELINE=1 (replies per 10 ms slot, the slow ones folded by flush phase and lined
+# up with PostgreSQL's log of checkpoints, autovacuum and slow statements: bench/timeline.py).
 # Builds release binaries, starts a MockPool (loka-bench --serve-pool) and the proxy on
 # 127.0.0.1, runs loka-bench against them, prints one JSON line per measurement.
 set -euo pipefail
@@ -229,11 +231,16 @@ pg_ticks() { # CPU ticks of every PostgreSQL process of the throwaway server (0 
 }
 
 storage_run() { # $1 label $2 json name: run the load, print latency and CPU of proxy and PostgreSQL
-  local p0 g0 p1 g1
+  local p0 g0 p1 g1 timeline=()
+  [ -n "${STORAGE_TIMELINE:-}" ] && timeline=(--timeline-ms 10)
   p0=$(cpu_ticks "$proxy_pid"); g0=$(pg_ticks)
-  "${pin[@]}" "$B" --target 127.0.0.1:13333 --connections 1000 --rate "$rate" --duration 20 --ramp 2 >"$work/$2.json" 2>/dev/null
+  "${pin[@]}" "$B" --target 127.0.0.1:13333 --connections 1000 --rate "$rate" --duration 20 --ramp 2 "${timeline[@]}" >"$work/$2.json" 2>/dev/null
   p1=$(cpu_ticks "$proxy_pid"); g1=$(pg_ticks)
   summary "$1" "$work/$2.json"
+  if [ -n "${STORAGE_TIMELINE:-}" ]; then
+    python3 bench/timeline.py "$work/$2.json" ${LOKA_TEST_PG_DIR:+"$LOKA_TEST_PG_DIR/server.log"} \
+      | python3 -c 'import json, sys; print(json.dumps({"scenario": sys.argv[1] + ": when the slow replies came", **json.load(sys.stdin)}))' "$1"
+  fi
   histogram "$1: proxy-side submit handling (bucket bounds)" \
     loka_stratum_response_time_seconds us submits p50=0.5 p99=0.99 p999=0.999
   python3 -c "import json; hz=$(getconf CLK_TCK); print(json.dumps({'scenario': '$1: CPU over the run', 'proxy_cpu_percent': round($((p1 - p0))*100/hz/22, 1), 'postgres_cpu_percent': round($((g1 - g0))*100/hz/22, 1)}))"
@@ -269,6 +276,17 @@ storage() { # Stratum latency with every share written to PostgreSQL versus stor
   else
     eval "$(tests/pg.sh up)"
     trap 'tests/pg.sh down "$LOKA_TEST_PG_DIR" >/dev/null 2>&1 || true; cleanup' EXIT
+    if [ -n "${STORAGE_TIMELINE:-}" ]; then
+      # Stamp what PostgreSQL does in the background, for bench/timeline.py.
+      psql -q "$LOKA_TEST_DATABASE_URL" >/dev/null <<'SQL'
+ALTER SYSTEM SET log_line_prefix = '%m ';
+ALTER SYSTEM SET log_timezone = 'UTC';
+ALTER SYSTEM SET log_checkpoints = on;
+ALTER SYSTEM SET log_autovacuum_min_duration = 0;
+ALTER SYSTEM SET log_min_duration_statement = 20;
+SELECT pg_reload_conf();
+SQL
+    fi
     if [ -n "${STORAGE_PIN:-}" ]; then
       # The last core for PostgreSQL (backends inherit the postmaster's affinity) and the
       # proxy's writer thread; the pool simulator, the proxy and the load generator on the rest.

@@ -81,6 +81,14 @@ struct Args {
     /// Tokio worker threads (default: CPU count).
     #[arg(long)]
     threads: Option<usize>,
+    /// Also report the replies per slot of this many milliseconds since the start: how many,
+    /// how many slower than --timeline-slow-us, and the slowest (one process only; 0 = off).
+    /// Tells latency spikes apart from a uniformly slower path.
+    #[arg(long, default_value_t = 0)]
+    timeline_ms: u64,
+    /// The "slow" threshold of --timeline-ms, in microseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeline_slow_us: u64,
     #[arg(long, hide = true, default_value_t = 0)]
     worker_offset: u64,
     #[arg(long, hide = true)]
@@ -130,9 +138,90 @@ struct Report {
     hash_capacity_mhs: f64,
     errors: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    timeline: Option<Timeline>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     latency_hist: Option<Vec<(u64, u64)>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     fanout_hist: Option<Vec<(u64, u64)>>,
+}
+
+/// Replies by the slot (of `slot_ms`) in which their submit was sent; slot 0 starts at
+/// `start_unix_ms`, so slots can be lined up with other processes' logs.
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+struct Timeline {
+    start_unix_ms: u64,
+    slot_ms: u64,
+    slow_us: u64,
+    replies: Vec<u64>,
+    slow: Vec<u64>,
+    max_us: Vec<u64>,
+}
+
+/// The live counters behind [`Timeline`].
+struct TimelineSlots {
+    start: Instant,
+    start_unix_ms: u64,
+    slot: Duration,
+    slow_us: u64,
+    replies: Vec<AtomicU64>,
+    slow: Vec<AtomicU64>,
+    max_us: Vec<AtomicU64>,
+}
+
+impl TimelineSlots {
+    fn new(start: Instant, slot_ms: u64, slow_us: u64, span: Duration) -> Self {
+        let slot = Duration::from_millis(slot_ms.max(1));
+        // The run, plus the 2 s given to replies in flight and some slack.
+        let n = ((span + Duration::from_secs(5)).as_millis() / slot.as_millis()) as usize + 1;
+        let zeros = || (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+        let start_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        TimelineSlots {
+            start,
+            start_unix_ms,
+            slot,
+            slow_us,
+            replies: zeros(),
+            slow: zeros(),
+            max_us: zeros(),
+        }
+    }
+
+    fn record(&self, sent: Instant, us: u64) {
+        let i =
+            (sent.saturating_duration_since(self.start).as_nanos() / self.slot.as_nanos()) as usize;
+        let Some(replies) = self.replies.get(i) else {
+            return;
+        };
+        replies.fetch_add(1, Ordering::Relaxed);
+        if us > self.slow_us {
+            self.slow[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.max_us[i].fetch_max(us, Ordering::Relaxed);
+    }
+
+    fn report(&self) -> Timeline {
+        let load = |v: &[AtomicU64]| {
+            v.iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        };
+        let replies = load(&self.replies);
+        let used = replies.iter().rposition(|&c| c > 0).map_or(0, |i| i + 1);
+        let cut = |mut v: Vec<u64>| {
+            v.truncate(used);
+            v
+        };
+        Timeline {
+            start_unix_ms: self.start_unix_ms,
+            slot_ms: self.slot.as_millis() as u64,
+            slow_us: self.slow_us,
+            replies: cut(replies),
+            slow: cut(load(&self.slow)),
+            max_us: cut(load(&self.max_us)),
+        }
+    }
 }
 
 const SHARDS: usize = 16;
@@ -190,6 +279,7 @@ struct Ctx {
     rejected: Mutex<BTreeMap<String, u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
     latency: Vec<Mutex<Histogram<u64>>>,
+    timeline: Option<TimelineSlots>,
     fanout: Mutex<HashMap<String, FanoutEntry>>,
     difficulty: Mutex<Option<f64>>,
     capacity_hps: f64,
@@ -321,6 +411,12 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<Report> {
     if args.rate > 0.0 && args.connections as f64 / args.rate > 1e6 {
         bail!("--rate is too small for {} connections", args.connections);
     }
+    if args.timeline_ms > 0 && args.processes > 1 {
+        bail!("--timeline-ms needs --processes 1 (each process has its own clock)");
+    }
+    if args.timeline_ms > 3_600_000 {
+        bail!("--timeline-ms must be at most 3600000 (one hour)");
+    }
     let report = if args.processes > 1 && !args.child {
         run_children(&args, &target, threads).await?
     } else {
@@ -402,6 +498,8 @@ async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
         rejected: Mutex::new(BTreeMap::new()),
         errors: Mutex::new(BTreeMap::new()),
         latency: (0..SHARDS).map(|_| Mutex::new(new_hist())).collect(),
+        timeline: (args.timeline_ms > 0)
+            .then(|| TimelineSlots::new(start, args.timeline_ms, args.timeline_slow_us, duration)),
         fanout: Mutex::new(HashMap::new()),
         difficulty: Mutex::new(None),
         capacity_hps,
@@ -480,6 +578,7 @@ async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
         hashes: ctx.hashes.load(Ordering::Relaxed),
         hash_capacity_mhs: capacity_hps / 1e6,
         errors,
+        timeline: ctx.timeline.as_ref().map(TimelineSlots::report),
         latency_hist: args.child.then(|| hist_pairs(&lat)),
         fanout_hist: args.child.then(|| hist_pairs(&fan)),
     }
@@ -759,6 +858,9 @@ fn on_line(
             let sent = st.inflight.remove(&n).unwrap_or(now);
             let us = (now - sent).as_micros().min(u128::from(u64::MAX)) as u64;
             ctx.latency[shard].lock().saturating_record(us.max(1));
+            if let Some(t) = &ctx.timeline {
+                t.record(sent, us);
+            }
             if error.is_null() && result == &Value::Bool(true) {
                 ctx.accepted.fetch_add(1, Ordering::Relaxed);
             } else {
