@@ -4,10 +4,12 @@
 # storage: STORAGE_RATE (shares/s, 10000), STORAGE_REPEAT (alternating off/on runs, 1),
 # STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
 # SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
-# STORAGE_WRITER_IDLE (lower PostgreSQL's or the writer thread's priority; diagnosis),
+# STORAGE_WRITER_IDLE / STORAGE_WRITER_NICE=N (lower PostgreSQL's or the writer thread's
+# priority; diagnosis),
 # STORAGE_DATABASE_URL (a scratch PostgreSQL elsewhere instead of a throwaway one here),
-# STORAGE_PIN=1 (the throwaway PostgreSQL and the proxy's writer thread on the last core,
-# everything else on the others, in every arm: a database with cores of its own),
+# STORAGE_PIN=1 (the throwaway PostgreSQL on the last core, everything else, the whole
+# proxy included, on the others, in every arm: a database with cores of its own;
+# STORAGE_PIN=writer moves the proxy's writer thread to the database's core too),
 # STORAGE_TIMELINE=1 (replies per 10 ms slot, the slow ones folded by flush phase and lined
 # up with PostgreSQL's log of checkpoints, autovacuum and slow statements: bench/timeline.py).
 # Builds release binaries, starts a MockPool (loka-bench --serve-pool) and the proxy on
@@ -288,8 +290,8 @@ SELECT pg_reload_conf();
 SQL
     fi
     if [ -n "${STORAGE_PIN:-}" ]; then
-      # The last core for PostgreSQL (backends inherit the postmaster's affinity) and the
-      # proxy's writer thread; the pool simulator, the proxy and the load generator on the rest.
+      # The last core for PostgreSQL (backends inherit the postmaster's affinity); the pool
+      # simulator, the proxy and the load generator on the rest.
       local last=$(($(nproc) - 1))
       db_cpus="$last"
       pin=(taskset -c "0-$((last - 1))")
@@ -320,7 +322,12 @@ SQL
         grep -q loka-store "$t/comm" && chrt -i -p 0 "$(basename "$t")"
       done
     fi
-    if [ -n "$db_cpus" ]; then
+    if [ -n "${STORAGE_WRITER_NICE:-}" ]; then
+      for t in /proc/"$proxy_pid"/task/*; do
+        if grep -q loka-store "$t/comm"; then renice -n "$STORAGE_WRITER_NICE" -p "$(basename "$t")" >/dev/null; fi
+      done
+    fi
+    if [ -n "$db_cpus" ] && [ "${STORAGE_PIN:-}" = writer ]; then
       for t in /proc/"$proxy_pid"/task/*; do
         if grep -q loka-store "$t/comm"; then taskset -p -c "$db_cpus" "$(basename "$t")" >/dev/null; fi
       done

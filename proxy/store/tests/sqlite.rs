@@ -220,3 +220,57 @@ async fn an_unreachable_database_leaves_the_batch_in_the_spool_for_the_next_star
     );
     handle.shutdown(Duration::from_secs(2)).await;
 }
+
+/// The nice value of this process's thread named `name` (Linux: /proc/self/task).
+#[cfg(target_os = "linux")]
+fn thread_nice(name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc/self/task").ok()?.find_map(|t| {
+        let t = t.ok()?.path();
+        let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+        if !name.starts_with(comm.trim()) {
+            return None;
+        }
+        // After the ")" that closes the name: state is field 3, nice field 19.
+        let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        rest.split(' ').nth(16)?.parse().ok()
+    })
+}
+
+/// On its own thread the writer runs at a lower priority than the sessions (nice + 10), so
+/// its bursts do not delay miners' replies; the rest of the process keeps its own.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_writer_thread_runs_at_a_lower_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cfg) = open(dir.path()).await;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let own: i32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let handle = spawn_writer(
+        store,
+        rx,
+        WriterOptions {
+            dedicated_thread: true,
+            ..WriterOptions::from_config(&cfg, &pools())
+        },
+        16,
+    )
+    .unwrap();
+    tx.send(share("a.1", "main", 1, true, "1")).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            thread_nice("loka-store-writer")
+                == Some((own + loka_store::writer::WRITER_NICE).min(19))
+        })
+        .await,
+        "writer thread nice {:?}, process {own}",
+        thread_nice("loka-store-writer")
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
