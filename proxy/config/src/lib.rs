@@ -227,6 +227,11 @@ pub struct StorageConfig {
     /// or written to the spool; costs the submit a database round-trip, batches are group
     /// committed). With `durable`, `fsync = "always"` extends the promise to power loss.
     pub acknowledge: AckPolicy,
+    /// Nice levels the writer thread runs below the sessions (Linux; 0..=19, 0 = same
+    /// priority). Its work comes in one burst per `flush_interval`; at a lower priority the
+    /// scheduler lets sessions preempt it, so storage does not delay miners' replies, while
+    /// it still gets a share of a busy CPU (10: about a tenth of a contended core).
+    pub writer_nice: u8,
 }
 
 /// When an accepted share is answered (see [`StorageConfig::acknowledge`]).
@@ -297,6 +302,12 @@ impl StorageConfig {
         }
         if self.spool_segment_bytes < 64 * 1024 {
             e.push("storage.spool_segment_bytes: must be at least 65536".into());
+        }
+        if self.writer_nice > 19 {
+            e.push(format!(
+                "storage.writer_nice: {} is outside 0..=19",
+                self.writer_nice
+            ));
         }
     }
 }
@@ -404,6 +415,7 @@ impl Default for StorageConfig {
             retention_months: 0,
             spool_segment_bytes: 64 * 1024 * 1024,
             acknowledge: AckPolicy::Validated,
+            writer_nice: 10,
         }
     }
 }
@@ -678,6 +690,7 @@ mod storage_tests {
             max_connections: 0,
             partitions_ahead: 99,
             spool_segment_bytes: 10,
+            writer_nice: 20,
             ..StorageConfig::default()
         };
         let mut e = Vec::new();
@@ -693,6 +706,7 @@ mod storage_tests {
             "storage.max_connections",
             "storage.partitions_ahead",
             "storage.spool_segment_bytes",
+            "storage.writer_nice",
         ] {
             assert!(all.contains(field), "{field} missing from {all}");
         }

@@ -56,9 +56,13 @@ pub struct WriterOptions {
     /// holds up a runtime worker that miners' sessions are waiting on.
     pub dedicated_thread: bool,
     /// With `dedicated_thread`: how much to raise that thread's nice value (Linux; 0 keeps
-    /// the caller's). The writer's work comes in bursts (a batch every `flush_interval`);
-    /// at a lower priority the scheduler lets miners' sessions preempt it, so a burst no
-    /// longer delays their replies, while it still gets its share of a busy CPU.
+    /// the caller's; `storage.writer_nice`, default 10: CFS weight 110 against 1024, about
+    /// a tenth of a contended core, where the writer needs ~3 % of one at 10k shares/s).
+    /// The writer's work comes in bursts (a batch every `flush_interval`); at a lower
+    /// priority the scheduler lets miners' sessions preempt it, so a burst no longer delays
+    /// their replies. Measured with the database on its own core: the submit p99 with
+    /// storage on was 0.25 ms above storage off at nice 0, indistinguishable from it at
+    /// +10 (BENCHMARKS.md).
     pub thread_nice: i32,
     /// The caller has just reached the database (migrated it, recorded the pools): the
     /// writer starts out writing directly. Otherwise it spools whatever piles up before its
@@ -90,18 +94,11 @@ impl WriterOptions {
             parallel: (cfg.max_connections as usize / 2).clamp(1, 4),
             group_commit: cfg.acknowledge == loka_config::AckPolicy::Durable,
             dedicated_thread: false,
-            thread_nice: WRITER_NICE,
+            thread_nice: i32::from(cfg.writer_nice),
             database_ready: false,
         }
     }
 }
-
-/// How much lower than the sessions the writer thread runs (nice +10: CFS weight 110
-/// against 1024, about a tenth of a contended core; the writer needs ~3 % of one at 10k
-/// shares/s). Measured: with the database on its own core, the submit p99 with storage on
-/// was 0.25 ms above storage off at nice 0 and indistinguishable from it at lower priority
-/// (BENCHMARKS.md).
-pub const WRITER_NICE: i32 = 10;
 
 /// Lower the calling thread's priority by `by` nice levels (at most to 19); a failure is
 /// logged, the writer runs on at the priority it has.

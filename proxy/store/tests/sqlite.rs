@@ -237,13 +237,15 @@ fn thread_nice(name: &str) -> Option<i32> {
     })
 }
 
-/// On its own thread the writer runs at a lower priority than the sessions (nice + 10), so
-/// its bursts do not delay miners' replies; the rest of the process keeps its own.
+/// On its own thread the writer runs `storage.writer_nice` levels below the sessions
+/// (default 10), so its bursts do not delay miners' replies.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_writer_thread_runs_at_a_lower_priority() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, cfg) = open(dir.path()).await;
+    let (store, mut cfg) = open(dir.path()).await;
+    assert_eq!(cfg.writer_nice, 10, "the default");
+    cfg.writer_nice = 7;
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     let own: i32 = stat[stat.rfind(')').unwrap() + 2..]
         .split(' ')
@@ -265,8 +267,7 @@ async fn the_writer_thread_runs_at_a_lower_priority() {
     tx.send(share("a.1", "main", 1, true, "1")).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            thread_nice("loka-store-writer")
-                == Some((own + loka_store::writer::WRITER_NICE).min(19))
+            thread_nice("loka-store-writer") == Some((own + 7).min(19))
         })
         .await,
         "writer thread nice {:?}, process {own}",
