@@ -136,9 +136,11 @@ fn config_follows_the_pool() {
         "the URL comes from DATABASE_URL"
     );
     assert_eq!(c.storage.acknowledge, loka_config::AckPolicy::Durable);
+    assert_eq!(c.storage.writer_nice, 5);
     let (proxy, pool) = fixture("basic");
     let basic = validate(&proxy, &pool).unwrap();
     assert_eq!(basic.storage.acknowledge, loka_config::AckPolicy::Validated);
+    assert_eq!(basic.storage.writer_nice, 10, "the proxy's default");
 }
 
 fn pod(d: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
@@ -277,4 +279,19 @@ fn invalid_pool_names_every_problem() {
         errs.iter().any(|e| e.starts_with("pools[0].username")),
         "{errs:?}"
     );
+}
+
+/// A writerNice outside 0..=19 (admitted by an older CRD, or with the schema bypassed) is
+/// refused by name, not wrapped or clamped.
+#[test]
+fn an_out_of_range_writer_nice_is_named() {
+    for bad in [-1, 20, 1_000] {
+        let (mut proxy, pool) = fixture("basic");
+        proxy.spec.writer_nice = Some(bad);
+        let errs = validate(&proxy, &pool).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.starts_with("storage.writer_nice")),
+            "{bad}: {errs:?}"
+        );
+    }
 }

@@ -190,6 +190,10 @@ pub fn proxy_config(proxy: &StratumProxy, pool: &StratumPool) -> Config {
         Acknowledge::Validated => AckPolicy::Validated,
         Acknowledge::Durable => AckPolicy::Durable,
     };
+    if let Some(nice) = s.writer_nice {
+        // Out of range (the schema forbids it) fails the configuration's validation.
+        c.storage.writer_nice = u8::try_from(nice).unwrap_or(u8::MAX);
+    }
     c.logging.format = LogFormat::Json;
     c.logging.level = s.log_level.clone();
     c

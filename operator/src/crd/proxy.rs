@@ -90,6 +90,12 @@ pub struct StratumProxySpec {
     /// written to the pod's spool; costs each submit a database round-trip).
     #[serde(default)]
     pub acknowledge: Acknowledge,
+    /// Nice levels the proxy's share-writer thread runs below its miners' sessions, so the
+    /// writer's batch bursts do not delay their replies (0 = same priority); the proxy's
+    /// default (10) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 19))]
+    pub writer_nice: Option<i32>,
     /// Compute resources of the proxy container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
