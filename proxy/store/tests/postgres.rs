@@ -720,3 +720,31 @@ async fn a_batch_does_not_wait_for_a_locked_miner_or_worker_row() {
     let (activity, last_seen) = seen().await;
     assert!(activity.unwrap() > t1_utc && last_seen.unwrap() > t1_utc);
 }
+
+/// A `COPY` writes its data, then `CopyDone`, then waits for the reply. Without
+/// `TCP_NODELAY` on the connection (sqlx 0.9.0 dropped it; `vendor/sqlx-core` restores it)
+/// Nagle's algorithm holds `CopyDone` until the server's delayed ACK, at least 40 ms on
+/// Linux, and every share batch waited that long. The fastest of a dozen one-row `COPY`s
+/// over TCP must beat that timer; with the stall none of them can.
+#[tokio::test]
+async fn a_copy_does_not_wait_for_a_delayed_ack() {
+    // tests/pg.sh's server is reached over TCP on 127.0.0.1.
+    let (_store, pg) = migrated().await;
+    let mut conn = pg.acquire().await.unwrap();
+    sqlx::query("CREATE TEMP TABLE copied (n int)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let mut fastest = Duration::MAX;
+    for n in 0..12 {
+        let started = std::time::Instant::now();
+        let mut copy = conn.copy_in_raw("COPY copied FROM STDIN").await.unwrap();
+        copy.send(format!("{n}\n").into_bytes()).await.unwrap();
+        assert_eq!(copy.finish().await.unwrap(), 1);
+        fastest = fastest.min(started.elapsed());
+    }
+    assert!(
+        fastest < Duration::from_millis(40),
+        "the fastest COPY took {fastest:?}: CopyDone waited for a delayed ACK (TCP_NODELAY off?)"
+    );
+}
