@@ -190,13 +190,12 @@ fn share_record(s: ShareEvent) -> ShareRecord {
     }
 }
 
-/// DECIMAL(20,8): 8 decimals (rounded down, never credited more), at most 12 integer digits.
+/// DECIMAL(20,8): 8 decimals (rounded down, never credited more), at most 12 integer digits
+/// (a larger value is stored as the column's largest, 999999999999.99999999).
 fn fit_difficulty(d: Decimal) -> Decimal {
-    let max = Decimal::from_i128_with_scale(999_999_999_999_999_999, 6);
-    let d = d
-        .round_dp_with_strategy(8, rust_decimal::RoundingStrategy::ToZero)
-        .max(Decimal::ZERO);
-    if d > max { max.trunc() } else { d }
+    let max = Decimal::from_i128_with_scale(99_999_999_999_999_999_999, 8);
+    d.round_dp_with_strategy(8, rust_decimal::RoundingStrategy::ToZero)
+        .clamp(Decimal::ZERO, max)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -467,7 +466,23 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(s.ntime, "6543abc");
-        assert_eq!(s.difficulty, Decimal::from(999_999_999_999_i64));
+        assert_eq!(
+            s.difficulty,
+            Decimal::from_str("999999999999.99999999").unwrap()
+        );
+        // the column's largest value is kept as it is, not cut to its integer part
+        for kept in [
+            "999999999999.99999999",
+            "999999999999.9999999",
+            "0.00000001",
+        ] {
+            let mut e = share_event("bob", 3, true);
+            e.difficulty = Decimal::from_str(kept).unwrap();
+            let Some(Record::Share(s)) = Recorder::new("p").record(Event::Share(e)) else {
+                panic!()
+            };
+            assert_eq!(s.difficulty, Decimal::from_str(kept).unwrap());
+        }
         let nonce = String::from("0000abcd");
         let at = nonce.as_ptr();
         let kept = fit_owned(nonce, 8);
