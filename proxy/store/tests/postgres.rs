@@ -569,15 +569,30 @@ async fn every_column_survives_the_copy_path_byte_for_byte() {
     let (store, pg) = migrated().await;
     let spool = tempfile::tempdir().unwrap();
     let (_s, handle, tx) = writer(store_url(&store).as_str(), spool.path()).await;
-    // COPY's text format escapes backslash, tab, newline and carriage return; a value that
-    // reads like its NULL marker or end-of-data line must come back as sent.
+    // Text that COPY's text format would have to escape, or read as its NULL marker or
+    // end-of-data line, and non-ASCII: each must come back as sent.
     let odd = ["a\tb\\c\nd\re", "\\N", "\\.", "é✓ \u{7f}"];
-    // 2026-01-02 03:04:05.000007 UTC: every field of the COPY timestamp zero-padded
-    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_767_323_045_000_007);
+    // numeric(20,8) from its smallest step to its largest value
+    let difficulty = ["0.00012345", "999999999999.99999999", "0", "0.00000001"];
+    // 2026-01-02 03:04:05.000007 UTC, and one before PostgreSQL's epoch (2000-01-01): its
+    // microseconds from that epoch are negative
+    let at = |i: usize| {
+        let us = if i == 3 {
+            946_684_799_999_999
+        } else {
+            1_767_323_045_000_007
+        };
+        SystemTime::UNIX_EPOCH + Duration::from_micros(us)
+    };
     for (i, job) in odd.iter().enumerate() {
-        let Event::Share(mut e) =
-            share_at("carol.rig", "main", i as u32, i % 2 == 0, "0.00012345", at)
-        else {
+        let Event::Share(mut e) = share_at(
+            "carol.rig",
+            "main",
+            i as u32,
+            i % 2 == 0,
+            difficulty[i],
+            at(i),
+        ) else {
             unreachable!()
         };
         e.job_id = (*job).into();
@@ -598,7 +613,7 @@ async fn every_column_survives_the_copy_path_byte_for_byte() {
         .await
         .unwrap();
     assert_eq!(rows.len(), odd.len());
-    for (i, (job, nonce, version, accepted, reason, difficulty, block, submitted)) in
+    for (i, (job, nonce, version, accepted, reason, stored_difficulty, block, submitted)) in
         rows.into_iter().enumerate()
     {
         assert_eq!(job, odd[i]);
@@ -606,9 +621,13 @@ async fn every_column_survives_the_copy_path_byte_for_byte() {
         assert_eq!(version.as_deref(), (i == 1).then_some("20000004"));
         assert_eq!(accepted, i % 2 == 0);
         assert_eq!(reason.as_deref(), (i % 2 == 1).then_some("low_difficulty"));
-        assert_eq!(difficulty, d("0.00012345"));
+        assert_eq!(stored_difficulty, d(difficulty[i]));
+        assert_eq!(stored_difficulty.to_string(), d(difficulty[i]).to_string());
         assert_eq!(block, (i == 2).then(|| "00".repeat(32)));
-        assert_eq!(submitted.timestamp_micros(), 1_767_323_045_000_007);
+        assert_eq!(
+            SystemTime::UNIX_EPOCH + Duration::from_micros(submitted.timestamp_micros() as u64),
+            at(i)
+        );
     }
 }
 
