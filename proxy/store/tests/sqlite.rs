@@ -221,6 +221,15 @@ async fn an_unreachable_database_leaves_the_batch_in_the_spool_for_the_next_star
     handle.shutdown(Duration::from_secs(2)).await;
 }
 
+/// The nice value in a /proc `stat` file (of a process or one of its threads).
+#[cfg(target_os = "linux")]
+fn nice_in_stat(stat: &std::path::Path) -> Option<i32> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    // After the ")" that closes the name: state is field 3, nice field 19.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(16)?.parse().ok()
+}
+
 /// The nice value of this process's thread named `name` (Linux: /proc/self/task).
 #[cfg(target_os = "linux")]
 fn thread_nice(name: &str) -> Option<i32> {
@@ -230,10 +239,7 @@ fn thread_nice(name: &str) -> Option<i32> {
         if !name.starts_with(comm.trim()) {
             return None;
         }
-        // After the ")" that closes the name: state is field 3, nice field 19.
-        let stat = std::fs::read_to_string(t.join("stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 2..];
-        rest.split(' ').nth(16)?.parse().ok()
+        nice_in_stat(&t.join("stat"))
     })
 }
 
@@ -246,13 +252,7 @@ async fn the_writer_thread_runs_at_a_lower_priority() {
     let (store, mut cfg) = open(dir.path()).await;
     assert_eq!(cfg.writer_nice, 10, "the default");
     cfg.writer_nice = 7;
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let own: i32 = stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
-        .nth(16)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let own = nice_in_stat(std::path::Path::new("/proc/self/stat")).expect("the process's nice");
     let (tx, rx) = mpsc::channel(16);
     let handle = spawn_writer(
         store,
