@@ -4,8 +4,9 @@
 # storage: STORAGE_RATE (shares/s, 10000), STORAGE_REPEAT (alternating off/on runs, 1),
 # STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
 # SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
-# STORAGE_WRITER_IDLE / STORAGE_WRITER_NICE=N (lower PostgreSQL's or the writer thread's
-# priority; diagnosis),
+# STORAGE_WRITER_IDLE (lower PostgreSQL's or the writer thread's priority; diagnosis),
+# STORAGE_WRITER_NICE=N (storage.writer_nice, default 10; 0 runs the writer at the
+# sessions' priority),
 # STORAGE_DATABASE_URL (a scratch PostgreSQL elsewhere instead of a throwaway one here),
 # STORAGE_PIN=1 (the throwaway PostgreSQL on the last core, everything else, the whole
 # proxy included, on the others, in every arm: a database with cores of its own;
@@ -67,6 +68,7 @@ database_url = "${4:-}"
 sqlite_path = "$work/loka.db"
 acknowledge = "${5:-validated}"
 flush_interval = "${STORAGE_FLUSH:-100ms}"
+writer_nice = ${STORAGE_WRITER_NICE:-10}
 [logging]
 level = "warn"
 T
@@ -320,11 +322,6 @@ SQL
     if [ -n "${STORAGE_WRITER_IDLE:-}" ]; then
       for t in /proc/"$proxy_pid"/task/*; do
         grep -q loka-store "$t/comm" && chrt -i -p 0 "$(basename "$t")"
-      done
-    fi
-    if [ -n "${STORAGE_WRITER_NICE:-}" ]; then
-      for t in /proc/"$proxy_pid"/task/*; do
-        if grep -q loka-store "$t/comm"; then renice -n "$STORAGE_WRITER_NICE" -p "$(basename "$t")" >/dev/null; fi
       done
     fi
     if [ -n "$db_cpus" ] && [ "${STORAGE_PIN:-}" = writer ]; then
