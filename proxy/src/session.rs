@@ -100,9 +100,12 @@ pub struct Session {
     extranonce1: Vec<u8>,
     extranonce2_size: usize,
     generation: u64,
-    /// Negotiated BIP310 mask; `requested_mask` is what the miner asked for.
+    /// Negotiated BIP310 mask, which shares are judged with; `requested_mask` is what the
+    /// miner asked for; `mask_told` what it was last told (configure reply or
+    /// `mining.set_version_mask`), so a pool's narrower or changed mask reaches it.
     version_mask: u32,
     requested_mask: Option<u32>,
+    mask_told: Option<u32>,
     workers: Vec<Authorized>,
     vardiff: Option<Vardiff>,
     difficulty: Difficulty,
@@ -148,6 +151,7 @@ impl Session {
             generation: 0,
             version_mask: 0,
             requested_mask: None,
+            mask_told: None,
             workers: Vec::new(),
             vardiff,
             difficulty,
@@ -420,7 +424,7 @@ impl Session {
                     .await
             }
             Request::Authorize { username, .. } => self.on_authorize(&id, username, work_rx),
-            Request::Configure(c) => self.on_configure(&id, c, work_rx),
+            Request::Configure(c) => self.on_configure(&id, c, work_rx).await,
             Request::SuggestDifficulty(d) => {
                 self.out.extend(result_line(&id, "true"));
                 if let Some(v) = self.vardiff.as_mut() {
@@ -470,25 +474,8 @@ impl Session {
             return;
         }
         self.user_agent = user_agent.map(|u| u.chars().take(255).collect());
-        if self.upstream.is_none() {
-            // Passthrough: this miner's own upstream session.
-            let handle = crate::upstream::spawn(
-                self.shared.upstream_settings(),
-                self.shared.shutdown.child_token(),
-            );
-            *work_rx = Some(handle.work.clone());
-            self.verdicts = Some(mpsc::channel(64));
-            self.upstream = Some(handle);
-        }
-        // A miner may arrive while the proxy is still finding a pool: hold its subscribe
-        // (within the handshake time) rather than refuse it.
-        let wait = self.shared.config().server.handshake_timeout;
-        let Some(rx) = work_rx.as_mut() else { return };
-        let work = match tokio::time::timeout(wait, rx.wait_for(|w| w.is_some())).await {
-            Ok(Ok(w)) => w.clone(),
-            _ => None,
-        };
-        let Some(work) = work else {
+        self.ensure_upstream(work_rx);
+        let Some(work) = self.wait_for_work(work_rx).await else {
             self.out.extend(error_line(
                 id,
                 "null",
@@ -497,7 +484,9 @@ impl Session {
             self.shared.stats.protocol_errors.fetch_add(1, Relaxed);
             return;
         };
-        rx.mark_unchanged();
+        if let Some(rx) = work_rx.as_mut() {
+            rx.mark_unchanged();
+        }
         if work.layout.fold {
             let prefix = self.shared.allocator.lock().allocate(session_id.as_deref());
             match prefix {
@@ -529,6 +518,9 @@ impl Session {
             self.extranonce2_size
         ]);
         self.out.extend(result_line(id, &result.to_string()));
+        // After the reply: the pool's mask may differ from the one a configure before the
+        // pool was known had to promise.
+        self.tell_mask();
         self.subscribed = true;
         if self.ready() {
             self.schedule_first_work(work_rx);
@@ -599,6 +591,37 @@ impl Session {
         }
     }
 
+    /// Passthrough: start this miner's own upstream session (once).
+    fn ensure_upstream(
+        &mut self,
+        work_rx: &mut Option<tokio::sync::watch::Receiver<Option<Arc<Work>>>>,
+    ) {
+        if self.upstream.is_some() {
+            return;
+        }
+        let handle = crate::upstream::spawn(
+            self.shared.upstream_settings(),
+            self.shared.shutdown.child_token(),
+        );
+        *work_rx = Some(handle.work.clone());
+        self.verdicts = Some(mpsc::channel(64));
+        self.upstream = Some(handle);
+    }
+
+    /// The upstream's work, waiting for it (within the handshake time) while the proxy is
+    /// still finding a pool, rather than refusing the miner.
+    async fn wait_for_work(
+        &mut self,
+        work_rx: &mut Option<tokio::sync::watch::Receiver<Option<Arc<Work>>>>,
+    ) -> Option<Arc<Work>> {
+        let wait = self.shared.config().server.handshake_timeout;
+        let rx = work_rx.as_mut()?;
+        match tokio::time::timeout(wait, rx.wait_for(|w| w.is_some())).await {
+            Ok(Ok(w)) => w.clone(),
+            _ => None,
+        }
+    }
+
     fn negotiate_mask(&mut self, upstream_mask: u32) {
         if let Some(requested) = self.requested_mask {
             let offered = self.shared.version_mask & upstream_mask;
@@ -606,7 +629,21 @@ impl Session {
         }
     }
 
-    fn on_configure(
+    /// A miner that negotiated version rolling hears `mining.set_version_mask` whenever the
+    /// mask it may roll differs from the one it was last told.
+    fn tell_mask(&mut self) {
+        if self.requested_mask.is_none() || self.mask_told == Some(self.version_mask) {
+            return;
+        }
+        self.out.extend(method_line(
+            "null",
+            "mining.set_version_mask",
+            &json!([format!("{:08x}", self.version_mask)]),
+        ));
+        self.mask_told = Some(self.version_mask);
+    }
+
+    async fn on_configure(
         &mut self,
         id: &str,
         c: Configure,
@@ -617,12 +654,16 @@ impl Session {
             match ext.as_str() {
                 "version-rolling" => {
                     self.requested_mask = Some(c.version_rolling_mask.unwrap_or(u32::MAX));
-                    // Before the upstream is known, offer what the pool is asked for.
-                    let upstream_mask = work_rx
-                        .as_ref()
-                        .and_then(|rx| rx.borrow().as_ref().map(|w| w.version_mask))
-                        .unwrap_or(self.shared.version_mask);
+                    // Answer with what the pool granted: in passthrough this miner's own
+                    // upstream session starts now. Only when no pool answers in time is the
+                    // proxy's own mask offered, corrected by `mining.set_version_mask` later.
+                    self.ensure_upstream(work_rx);
+                    let upstream_mask = match self.wait_for_work(work_rx).await {
+                        Some(w) => w.version_mask,
+                        None => self.shared.version_mask,
+                    };
                     self.negotiate_mask(upstream_mask);
+                    self.mask_told = Some(self.version_mask);
                     result.insert(
                         "version-rolling".into(),
                         Value::Bool(self.version_mask != 0),
@@ -685,19 +726,12 @@ impl Session {
                     return;
                 }
             }
-            if self.requested_mask.is_some() {
-                let before = self.version_mask;
-                self.negotiate_mask(work.version_mask);
-                if self.version_mask != before {
-                    self.out.extend(method_line(
-                        "null",
-                        "mining.set_version_mask",
-                        &json!([format!("{:08x}", self.version_mask)]),
-                    ));
-                }
-            }
             self.generation = work.generation;
         }
+        // The pool may change its mask within a session (`mining.set_version_mask`) or
+        // grant another one after a failover.
+        self.negotiate_mask(work.version_mask);
+        self.tell_mask();
         self.send_work(Some(work), false);
     }
 
@@ -893,7 +927,11 @@ impl Session {
                 extranonce2: layout_en2,
                 ntime: submit.ntime,
                 nonce: submit.nonce,
-                version_bits: submit.version_bits.map(|_| share.version & upstream_mask),
+                // A pool that granted no version rolling gets no sixth parameter.
+                version_bits: submit
+                    .version_bits
+                    .filter(|_| upstream_mask != 0)
+                    .map(|_| share.version & upstream_mask),
                 worker: worker_name.clone(),
                 verdict: self
                     .verdicts

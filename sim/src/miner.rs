@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use crate::client::{Notification, Response, StratumClient, Subscription};
-use crate::share::{Difficulty, Job, u32_hex};
+use crate::share::{Difficulty, Job, parse_u32_hex, u32_hex};
 use crate::wire::{self, LineReader, id_key};
 
 /// How a [`SimMiner`] behaves.
@@ -92,8 +92,12 @@ pub struct MinerStats {
     pub extranonce1: Option<String>,
     pub extranonce2_size: Option<usize>,
     pub set_extranonce_received: u64,
-    /// Mask granted by `mining.configure`.
+    /// Mask granted by `mining.configure`, then by any `mining.set_version_mask`.
     pub version_rolling_mask: Option<u32>,
+    /// `mining.set_version_mask` notifications received.
+    pub set_version_mask_received: u64,
+    /// Texts of the `client.show_message` notifications received (last 100).
+    pub messages_shown: Vec<String>,
     pub jobs_received: u64,
     pub clean_jobs_received: u64,
     pub last_job_id: Option<String>,
@@ -811,8 +815,37 @@ impl Session<'_> {
                     *out += &wire::result_line(id, Value::from(self.cfg.user_agent.clone()));
                 }
             }
-            "client.show_message" | "mining.ping" => {
-                if method == "mining.ping" && !id.is_null() {
+            "mining.set_version_mask" => {
+                // BIP310: the server changes the mask; from now on roll only these bits.
+                match params
+                    .get(0)
+                    .and_then(Value::as_str)
+                    .and_then(parse_u32_hex)
+                {
+                    Some(m) => {
+                        let granted = m & self.cfg.version_rolling_mask;
+                        self.mask = granted;
+                        self.shared.update(|s| {
+                            s.set_version_mask_received += 1;
+                            s.version_rolling_mask = Some(granted);
+                        });
+                        self.republish();
+                    }
+                    None => self.protocol_error(format!("bad mining.set_version_mask: {params}")),
+                }
+            }
+            "client.show_message" => {
+                let text = params.get(0).and_then(Value::as_str).unwrap_or_default();
+                let text = text.to_string();
+                self.shared.update(|s| {
+                    s.messages_shown.push(text);
+                    if s.messages_shown.len() > 100 {
+                        s.messages_shown.remove(0);
+                    }
+                });
+            }
+            "mining.ping" => {
+                if !id.is_null() {
                     *out += &wire::result_line(id, Value::from("pong"));
                 }
             }

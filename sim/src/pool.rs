@@ -51,6 +51,12 @@ pub struct MockPoolConfig {
     pub reject_all: bool,
     /// Accept subscribe/authorize but never send difficulty or jobs.
     pub silent: bool,
+    /// Judge and record every submit but never answer it (shares left in flight, e.g. for
+    /// [`MockPool::drop_connections`]).
+    pub hold_submits: bool,
+    /// Take `mining.suggest_difficulty` as the session's new difficulty (and send it as
+    /// `mining.set_difficulty`), as some pools do; otherwise answer `true` and ignore it.
+    pub honour_suggest_difficulty: bool,
     /// Accepted ntime range above the job's ntime, in seconds.
     pub ntime_window: u32,
     /// Number of merkle branches per job.
@@ -74,6 +80,8 @@ impl Default for MockPoolConfig {
             allowed_users: None,
             reject_all: false,
             silent: false,
+            hold_submits: false,
+            honour_suggest_difficulty: false,
             ntime_window: 7200,
             merkle_branches: 4,
             max_records: 100_000,
@@ -99,6 +107,9 @@ pub struct PoolStats {
     pub authorizes: u64,
     pub authorize_failures: u64,
     pub configures: u64,
+    /// `mining.suggest_difficulty` requests, and the last value suggested (as sent).
+    pub suggests: u64,
+    pub last_suggested: Option<String>,
     pub submits: u64,
     pub accepted: u64,
     /// Rejected submits by error code.
@@ -368,6 +379,20 @@ impl MockPool {
                 }
             }
         }
+    }
+
+    /// Close every connection at once but keep listening, like a pool that restarts its
+    /// sessions (submits still unanswered stay unanswered).
+    pub fn drop_connections(&self) {
+        let mut g = self.shared.inner.lock();
+        for (_, c) in g.conns.drain() {
+            if let Some(a) = c.abort {
+                a.abort();
+            }
+        }
+        g.stats.connections_current = 0;
+        drop(g);
+        self.shared.bump();
     }
 
     /// Close the listener and every connection at once, like a crashed pool.
@@ -656,15 +681,20 @@ impl Shared {
             "mining.subscribe" => self.on_subscribe(conn_id, &id, &mut out),
             "mining.authorize" => self.on_authorize(conn_id, &id, params, &mut out),
             "mining.configure" => self.on_configure(conn_id, &id, params, &mut out),
-            "mining.extranonce.subscribe"
-            | "mining.suggest_difficulty"
-            | "mining.suggest_target" => out.push(wire::result_line(&id, Value::Bool(true)).into()),
+            "mining.suggest_difficulty" => {
+                self.on_suggest_difficulty(conn_id, &id, params, &mut out)
+            }
+            "mining.extranonce.subscribe" | "mining.suggest_target" => {
+                out.push(wire::result_line(&id, Value::Bool(true)).into())
+            }
             "mining.submit" => {
                 let line = match self.on_submit(conn_id, params) {
                     SubmitOutcome::Accepted => wire::result_line(&id, Value::Bool(true)),
                     SubmitOutcome::Rejected(code, m) => wire::error_line(&id, code, m),
                 };
-                out.push(line.into());
+                if !self.cfg.hold_submits {
+                    out.push(line.into());
+                }
             }
             _ => {
                 if !id.is_null() {
@@ -673,6 +703,35 @@ impl Shared {
             }
         }
         Ok(out)
+    }
+
+    fn on_suggest_difficulty(
+        &self,
+        conn_id: u64,
+        id: &Value,
+        params: &Value,
+        out: &mut Vec<Arc<str>>,
+    ) {
+        let d = params.get(0).and_then(Difficulty::from_json);
+        let mut g = self.inner.lock();
+        g.stats.suggests += 1;
+        g.stats.last_suggested = params.get(0).map(Value::to_string);
+        out.push(wire::result_line(id, Value::Bool(d.is_some())).into());
+        if let (Some(d), true) = (d, self.cfg.honour_suggest_difficulty) {
+            let d = d.wire_normalized();
+            if let Some(c) = g.conns.get_mut(&conn_id) {
+                c.diff_latest = d.clone();
+                // Like set_difficulty: it applies to the jobs sent from now on.
+                if c.primed && !self.cfg.silent {
+                    out.push(
+                        wire::notification_line("mining.set_difficulty", json!([d.to_json()]))
+                            .into(),
+                    );
+                }
+            }
+        }
+        drop(g);
+        self.bump();
     }
 
     fn on_subscribe(&self, conn_id: u64, id: &Value, out: &mut Vec<Arc<str>>) {
