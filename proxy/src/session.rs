@@ -11,8 +11,11 @@ use crate::server::Shared;
 use crate::stats::WorkerStats;
 use crate::upstream::work::{LocalJob, Work};
 use crate::upstream::{Submission, UpstreamHandle, Verdict};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use loka_config::Mode;
 use loka_store::compact_str::{CompactString, format_compact};
+use loka_stratum::ledger::DifficultyLedger;
 use loka_stratum::message::{
     Configure, Envelope, Request, Submit, error_line, method_line, result_line, set_difficulty_line,
 };
@@ -27,11 +30,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 pub const SERVER_VERSION: &str = concat!("Loka Stratum/", env!("CARGO_PKG_VERSION"));
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than `upstream.response_timeout` a session waits for a verdict the
+/// upstream task should have settled itself (it checks once a second).
+const VERDICT_MARGIN: Duration = Duration::from_secs(3);
 
 /// Why a session ended (logged, and recorded as the worker's disconnect reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +81,26 @@ struct AwaitingVerdict {
     difficulty: f64,
 }
 
+/// A forwarded share and what became of it. The channel closing unanswered (the upstream
+/// connection or task ended first) reads as [`Verdict::Unanswered`], and so does no verdict
+/// within `wait` (the upstream task's own response timeout, with a margin): every forwarded
+/// share is settled, and in bounded time.
+type VerdictFuture = futures::future::BoxFuture<'static, (AwaitingVerdict, Verdict)>;
+
+fn await_verdict(
+    a: AwaitingVerdict,
+    rx: tokio::sync::oneshot::Receiver<Verdict>,
+    wait: Duration,
+) -> VerdictFuture {
+    Box::pin(async move {
+        let v = match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) | Err(_) => Verdict::Unanswered,
+        };
+        (a, v)
+    })
+}
+
 /// A valid share whose reply waits until the writer says it is durable.
 struct Unacked {
     request_id: String,
@@ -90,8 +115,9 @@ pub struct Session {
     peer: SocketAddr,
     shared: Arc<Shared>,
     upstream: Option<UpstreamHandle>,
-    verdicts: Option<(mpsc::Sender<Verdict>, mpsc::Receiver<Verdict>)>,
-    awaiting: VecDeque<AwaitingVerdict>,
+    /// Passthrough: forwarded shares whose verdict is still to come; the socket loop moves
+    /// them into the set it waits on.
+    awaiting: Vec<VerdictFuture>,
     user_agent: Option<String>,
     subscribed: bool,
     extranonce_subscribed: bool,
@@ -108,9 +134,14 @@ pub struct Session {
     mask_told: Option<u32>,
     workers: Vec<Authorized>,
     vardiff: Option<Vardiff>,
-    difficulty: Difficulty,
-    /// Jobs sent up to this seq were sent under `previous_difficulty` too.
-    previous_difficulty: Option<(Difficulty, u64)>,
+    /// Aggregate without vardiff: the configured difficulty (raised by `minimum-difficulty`).
+    fixed: Difficulty,
+    /// Aggregate: the pool's difficulty, which caps the miner's.
+    pool_difficulty: Option<Difficulty>,
+    /// What this miner wants above the pool's difficulty, as registered with the upstream.
+    wants: Option<Difficulty>,
+    /// The difficulty now, and the one each job sent is judged at.
+    ledger: DifficultyLedger,
     difficulty_sent: Option<Difficulty>,
     last_job_seq: u64,
     out: Vec<u8>,
@@ -131,7 +162,9 @@ impl Session {
     pub fn new(id: u64, peer: SocketAddr, shared: Arc<Shared>) -> Self {
         let cfg = shared.config();
         let start = Difficulty::new(cfg.vardiff.initial_difficulty).unwrap_or(Difficulty::ONE);
-        let vardiff = (cfg.vardiff.enabled && cfg.mining.mode == Mode::Aggregate)
+        // The mode the proxy runs in, not the latest configuration's: a mode change applies
+        // only after a restart.
+        let vardiff = (cfg.vardiff.enabled && shared.mode == Mode::Aggregate)
             .then(|| Vardiff::new(shared.vardiff_config(), start, Instant::now()));
         let difficulty = vardiff.as_ref().map_or(start, Vardiff::current);
         let upstream = shared.upstream.clone();
@@ -140,8 +173,7 @@ impl Session {
             peer,
             shared: shared.clone(),
             upstream,
-            verdicts: None,
-            awaiting: VecDeque::new(),
+            awaiting: Vec::new(),
             user_agent: None,
             subscribed: false,
             extranonce_subscribed: false,
@@ -154,8 +186,10 @@ impl Session {
             mask_told: None,
             workers: Vec::new(),
             vardiff,
-            difficulty,
-            previous_difficulty: None,
+            fixed: start,
+            pool_difficulty: None,
+            wants: None,
+            ledger: DifficultyLedger::new(difficulty),
             difficulty_sent: None,
             last_job_seq: 0,
             out: Vec::with_capacity(256),
@@ -189,9 +223,12 @@ impl Session {
         let mut vardiff_tick = cfg.vardiff.retarget_interval;
         drop(cfg);
         let mut unacked = VecDeque::new();
+        let mut verdicts = FuturesUnordered::new();
         while self.close.is_none() {
-            // Submits handled below push to `self.unacked`; the branch waits on the older ones.
+            // Submits handled below push to `self.unacked` and `self.awaiting`; the branches
+            // wait on the older ones.
             unacked.append(&mut self.unacked);
+            verdicts.extend(self.awaiting.drain(..));
             let deadline = if self.ready() {
                 last_rx + idle
             } else {
@@ -256,8 +293,8 @@ impl Session {
                         self.acknowledged(u, ok);
                     }
                 }
-                v = async { self.verdicts.as_mut().expect("guarded").1.recv().await }, if self.verdicts.is_some() => {
-                    if let Some(v) = v { self.on_verdict(v).await }
+                Some((a, v)) = verdicts.next(), if !verdicts.is_empty() => {
+                    self.on_verdict(a, v).await;
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.close = Some(if self.ready() { Close::IdleTimeout } else { Close::HandshakeTimeout });
@@ -273,6 +310,7 @@ impl Session {
                     if let Some(d) = self.vardiff.as_mut().and_then(|v| v.on_tick(Instant::now())) {
                         self.change_difficulty(d);
                     }
+                    self.update_wants();
                     vardiff_tick = self.shared.config().vardiff.retarget_interval;
                 }
             }
@@ -295,10 +333,21 @@ impl Session {
                 }
             }
         }
+        verdicts.extend(self.awaiting.drain(..));
+        self.settle_verdicts(verdicts).await;
         unacked.append(&mut self.unacked);
         self.settle_unacked(unacked, &mut w).await;
         let _ = w.shutdown().await;
         self.finish();
+    }
+
+    /// Closing with passthrough shares still at the pool: each still gets its one record
+    /// (and, if the miner can hear it, its reply): the pool's verdict if it comes within the
+    /// response timeout, `Unanswered` otherwise.
+    async fn settle_verdicts(&mut self, mut verdicts: FuturesUnordered<VerdictFuture>) {
+        while let Some((a, v)) = verdicts.next().await {
+            self.on_verdict(a, v).await;
+        }
     }
 
     /// Closing with replies still waiting on storage: if the miner can still hear them (a
@@ -342,6 +391,9 @@ impl Session {
         tracing::debug!(conn = self.id, peer = %self.peer, %reason, "miner disconnected");
         if !self.prefix.is_empty() {
             self.shared.allocator.lock().release(&self.prefix);
+        }
+        if let Some(u) = &self.upstream {
+            u.wants.replace(self.wants.take(), None);
         }
         for w in &self.workers {
             w.stats.connections.fetch_sub(1, Relaxed);
@@ -429,11 +481,8 @@ impl Session {
                 self.out.extend(result_line(&id, "true"));
                 if let Some(v) = self.vardiff.as_mut() {
                     let d = v.set(d, Instant::now());
-                    if self.subscribed {
-                        self.change_difficulty(d);
-                    } else {
-                        self.difficulty = d;
-                    }
+                    self.change_difficulty(d);
+                    self.update_wants();
                 }
             }
             Request::SuggestTarget => self.out.extend(result_line(&id, "true")),
@@ -503,6 +552,7 @@ impl Session {
                 }
             }
         }
+        self.follow_pool_difficulty(work.upstream_difficulty);
         self.extranonce1 = work.layout.miner_extranonce1(&self.prefix);
         self.extranonce2_size = work.layout.miner_extranonce2_size;
         self.generation = work.generation;
@@ -548,7 +598,7 @@ impl Session {
         let stats = self.shared.stats.worker(&username);
         stats.connections.fetch_add(1, Relaxed);
         stats.touch();
-        stats.set_difficulty(self.difficulty.to_f64());
+        stats.set_difficulty(self.ledger.current().to_f64());
         let name: Arc<str> = Arc::from(username.as_str());
         let pool = work_rx
             .as_ref()
@@ -604,7 +654,6 @@ impl Session {
             self.shared.shutdown.child_token(),
         );
         *work_rx = Some(handle.work.clone());
-        self.verdicts = Some(mpsc::channel(64));
         self.upstream = Some(handle);
     }
 
@@ -677,13 +726,18 @@ impl Session {
                     // Passthrough miners get the pool's difficulty; the proxy cannot promise.
                     let ok = match (c.minimum_difficulty, self.shared.mode) {
                         (Some(min), Mode::Aggregate) => {
-                            match self.vardiff.as_mut() {
+                            let d = match self.vardiff.as_mut() {
                                 Some(v) => {
                                     v.set_min(min);
-                                    self.difficulty = v.current();
+                                    v.current()
                                 }
-                                None => self.difficulty = self.difficulty.max(min),
-                            }
+                                None => {
+                                    self.fixed = self.fixed.max(min);
+                                    self.capped(self.fixed)
+                                }
+                            };
+                            self.change_difficulty(d);
+                            self.update_wants();
                             true
                         }
                         _ => false,
@@ -732,6 +786,7 @@ impl Session {
         // grant another one after a failover.
         self.negotiate_mask(work.version_mask);
         self.tell_mask();
+        self.follow_pool_difficulty(work.upstream_difficulty);
         self.send_work(Some(work), false);
     }
 
@@ -743,13 +798,17 @@ impl Session {
             return;
         }
         if self.vardiff.is_none() && self.shared.mode == Mode::Passthrough {
-            self.difficulty = job.upstream_difficulty;
+            self.ledger.set(job.upstream_difficulty, self.last_job_seq);
         }
-        if self.difficulty_sent != Some(self.difficulty) {
-            self.out.extend(set_difficulty_line(&self.difficulty));
-            self.difficulty_sent = Some(self.difficulty);
+        if let Some(oldest) = work.jobs.first() {
+            self.ledger.forget_before(oldest.seq);
+        }
+        let difficulty = self.ledger.current();
+        if self.difficulty_sent != Some(difficulty) {
+            self.out.extend(set_difficulty_line(&difficulty));
+            self.difficulty_sent = Some(difficulty);
             for w in &self.workers {
-                w.stats.set_difficulty(self.difficulty.to_f64());
+                w.stats.set_difficulty(difficulty.to_f64());
             }
         }
         // If the last job this miner had is gone, it must drop everything it holds.
@@ -768,18 +827,14 @@ impl Session {
         }
     }
 
-    /// Vardiff moved: tell the miner now; it applies from the next job. Jobs already sent
-    /// stay judged at the easiest difficulty in force since they were sent.
+    /// The difficulty moved (vardiff, the pool's ceiling, the miner's wish): tell the miner
+    /// now; many apply it only from the next job. Jobs already sent stay judged at the
+    /// easiest difficulty in force since they were sent (the ledger).
     fn change_difficulty(&mut self, d: Difficulty) {
-        if d == self.difficulty {
+        if d == self.ledger.current() {
             return;
         }
-        let floor = match self.previous_difficulty {
-            Some((p, upto)) if upto == self.last_job_seq => p.min(self.difficulty),
-            _ => self.difficulty,
-        };
-        self.previous_difficulty = Some((floor, self.last_job_seq));
-        self.difficulty = d;
+        self.ledger.set(d, self.last_job_seq);
         if self.ready() {
             self.out.extend(set_difficulty_line(&d));
             self.difficulty_sent = Some(d);
@@ -789,16 +844,53 @@ impl Session {
         }
     }
 
-    /// The difficulty a share for this job is judged at: jobs sent before a change count at
-    /// the easier of the two (miners apply a new difficulty from the next job).
+    /// `d` under the pool's ceiling.
+    fn capped(&self, d: Difficulty) -> Difficulty {
+        self.pool_difficulty.map_or(d, |p| d.min(p))
+    }
+
+    /// Aggregate: the pool credits each forwarded share at its own difficulty, so no miner
+    /// is set above it. Follows the pool's difficulty down at once and back up (to what the
+    /// miner wants), across `set_difficulty` and failovers alike.
+    fn follow_pool_difficulty(&mut self, pool: Difficulty) {
+        if self.shared.mode != Mode::Aggregate || self.pool_difficulty == Some(pool) {
+            return;
+        }
+        self.pool_difficulty = Some(pool);
+        let d = match self.vardiff.as_mut() {
+            Some(v) => {
+                v.set_ceiling(Some(pool), Instant::now());
+                v.current()
+            }
+            None => self.capped(self.fixed),
+        };
+        self.change_difficulty(d);
+        self.update_wants();
+    }
+
+    /// Aggregate: tell the upstream what this miner wants above the pool's difficulty (it
+    /// asks the pool for the highest such want).
+    fn update_wants(&mut self) {
+        let desired = self.vardiff.as_ref().map_or(self.fixed, Vardiff::desired);
+        let wants = self
+            .pool_difficulty
+            .filter(|p| desired > *p)
+            .map(|_| desired);
+        if wants != self.wants
+            && let Some(u) = &self.upstream
+        {
+            u.wants.replace(self.wants, wants);
+            self.wants = wants;
+        }
+    }
+
+    /// The difficulty a share for this job is judged at: the easiest in force since the job
+    /// was sent (miners apply a new difficulty at once or from the next job).
     fn difficulty_for(&self, job: &LocalJob) -> Difficulty {
         if self.vardiff.is_none() && self.shared.mode == Mode::Passthrough {
             return job.upstream_difficulty;
         }
-        match self.previous_difficulty {
-            Some((prev, upto)) if job.seq <= upto => prev.min(self.difficulty),
-            _ => self.difficulty,
-        }
+        self.ledger.for_job(job.seq)
     }
 
     async fn on_submit(&mut self, id: &str, submit: Submit) {
@@ -913,7 +1005,9 @@ impl Session {
             stats.block_candidates.fetch_add(1, Relaxed);
             tracing::warn!(conn = self.id, worker = %worker_name, pool = %pool, hash = %hash_to_display_hex(&share.hash), "BLOCK CANDIDATE found");
         }
-        let passthrough_wait = forward && self.verdicts.is_some();
+        // Passthrough relays the pool's verdict on the shares it forwards.
+        let passthrough_wait = forward && self.shared.mode == Mode::Passthrough;
+        let mut verdict_rx = None;
         if forward && let Some(upstream) = &self.upstream {
             let layout_en2 = match &work {
                 Some(w) => w
@@ -933,33 +1027,37 @@ impl Session {
                     .filter(|_| upstream_mask != 0)
                     .map(|_| share.version & upstream_mask),
                 worker: worker_name.clone(),
-                verdict: self
-                    .verdicts
-                    .as_ref()
-                    .map(|(tx, _)| (tx.clone(), id.to_string())),
+                verdict: passthrough_wait.then(|| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    verdict_rx = Some(rx);
+                    tx
+                }),
             };
-            // Backpressure from the pool connection reaches the miner here, never a drop.
+            // Backpressure from the pool connection reaches the miner here, never a drop. A
+            // send that fails (the upstream task is gone) drops the submission, and with it
+            // the verdict's sender: the share is settled as unanswered.
             if upstream.submit.send(sub).await.is_ok() {
                 stats.shares_forwarded.fetch_add(1, Relaxed);
             }
         }
-        if passthrough_wait {
-            self.awaiting.push_back(AwaitingVerdict {
+        if let Some(rx) = verdict_rx {
+            let wait = self.shared.config().upstream.response_timeout + VERDICT_MARGIN;
+            let a = AwaitingVerdict {
                 request_id: id.to_string(),
                 event: event.take(),
                 worker: worker_stats,
                 difficulty: difficulty.to_f64(),
-            });
+            };
+            self.awaiting.push(await_verdict(a, rx, wait));
             return;
         }
         self.accept(id, event, worker_stats, difficulty.to_f64())
             .await;
-        if let Some(d) = self
-            .vardiff
-            .as_mut()
-            .and_then(|v| v.on_share(Instant::now()))
-        {
-            self.change_difficulty(d);
+        if let Some(v) = self.vardiff.as_mut() {
+            if let Some(d) = v.on_share(Instant::now()) {
+                self.change_difficulty(d);
+            }
+            self.update_wants();
         }
     }
 
@@ -1026,33 +1124,38 @@ impl Session {
         ));
     }
 
-    async fn on_verdict(&mut self, v: Verdict) {
-        let Some(pos) = self
-            .awaiting
-            .iter()
-            .position(|a| a.request_id == v.request_id)
-        else {
-            return;
-        };
-        let Some(a) = self.awaiting.remove(pos) else {
-            return;
-        };
-        match v.result {
-            Ok(()) => {
-                self.accept(&v.request_id, a.event, a.worker, a.difficulty)
-                    .await
+    /// Passthrough: the pool's verdict on a forwarded share becomes the miner's one reply
+    /// and the share's one record. A pool's rejection is relayed as the pool gave it
+    /// (recorded as `upstream_rejected`); a share whose job belonged to an earlier pool
+    /// session is stale (21, `job_not_found`); a share the pool never answered gets 20
+    /// "pool did not answer the share" (`upstream_unanswered`): the proxy cannot promise
+    /// credit the pool may not have given.
+    async fn on_verdict(&mut self, a: AwaitingVerdict, v: Verdict) {
+        let (err, reason) = match v {
+            Verdict::Answered(Ok(())) => {
+                return self
+                    .accept(&a.request_id, a.event, a.worker, a.difficulty)
+                    .await;
             }
-            Err(e) => {
-                self.shared.stats.rejected(e.code);
-                a.worker.rejected.fetch_add(1, Relaxed);
-                if let Some(mut ev) = a.event {
-                    ev.accepted = false;
-                    ev.reject_reason = Some("upstream_rejected");
-                    self.shared.emit_share(Event::Share(ev)).await;
-                }
-                self.out.extend(error_line(&v.request_id, "false", &e));
+            Verdict::Answered(Err(e)) => (e, "upstream_rejected"),
+            Verdict::NotSent => {
+                let e = StratumError::stale();
+                let reason = e.code.reason();
+                (e, reason)
             }
+            Verdict::Unanswered => (
+                StratumError::other("pool did not answer the share"),
+                "upstream_unanswered",
+            ),
+        };
+        self.shared.stats.rejected(err.code);
+        a.worker.rejected.fetch_add(1, Relaxed);
+        if let Some(mut ev) = a.event {
+            ev.accepted = false;
+            ev.reject_reason = Some(reason);
+            self.shared.emit_share(Event::Share(ev)).await;
         }
+        self.out.extend(error_line(&a.request_id, "false", &err));
     }
 
     /// The event for a judged share as submitted; an acceptance adds what the hash showed.
@@ -1101,7 +1204,7 @@ impl Session {
         worker.rejected.fetch_add(1, Relaxed);
         self.out.extend(error_line(id, "false", err));
         if self.shared.events_enabled() {
-            let difficulty = job.map_or(self.difficulty, |j| self.difficulty_for(j));
+            let difficulty = job.map_or(self.ledger.current(), |j| self.difficulty_for(j));
             let event = self.share_event(
                 worker_name,
                 pool,

@@ -7,8 +7,13 @@ mod common;
 
 use common::*;
 use loka_config::Mode;
+use loka_proxy::events::{Event, ShareEvent};
+use loka_proxy::proxy::{resolve_pools, start};
+use loka_sim::client::StratumClient;
 use loka_sim::miner::{MinerConfig, MinerHandle, SimMiner};
 use loka_sim::pool::MockPoolConfig;
+use serde_json::json;
+use tokio::sync::mpsc;
 
 fn rolling_miner(addr: std::net::SocketAddr, name: &str) -> MinerHandle {
     SimMiner::spawn(MinerConfig {
@@ -118,4 +123,257 @@ async fn a_mask_the_pool_changes_reaches_the_miners() {
         m.stop();
         proxy.drain(std::time::Duration::from_secs(5)).await;
     }
+}
+
+/// The next `n` share events, waiting for each (connection events are skipped).
+async fn share_events(rx: &mut mpsc::Receiver<Event>, n: usize) -> Vec<ShareEvent> {
+    let mut shares = Vec::new();
+    while shares.len() < n {
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(Event::Share(e))) => shares.push(e),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("{} of {n} share events arrived", shares.len()),
+        }
+    }
+    shares
+}
+
+/// Share events already queued (after every reply was read, all of them are).
+fn queued_share_events(rx: &mut mpsc::Receiver<Event>) -> usize {
+    let mut n = 0;
+    while let Ok(e) = rx.try_recv() {
+        n += usize::from(matches!(e, Event::Share(_)));
+    }
+    n
+}
+
+/// Passthrough: the pool drops its connections while it holds five valid shares unanswered.
+/// Each submit gets exactly one reply (20, the pool never answered) and one record.
+#[tokio::test]
+async fn passthrough_shares_in_flight_when_the_pool_drops_get_one_reply_and_one_record() {
+    let pool = pool_with(|c| MockPoolConfig {
+        hold_submits: true,
+        ..c
+    })
+    .await;
+    let cfg = config(&[pool.addr()], Mode::Passthrough);
+    let (tx, mut events) = mpsc::channel(1024);
+    let pools = resolve_pools(&cfg, |_| None).unwrap();
+    let proxy = start(cfg, pools, Some(tx)).await.unwrap();
+    let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+    c.set_timeout(WAIT);
+    let (en1, en2_size, job) = handshake(&mut c, "held.rig").await;
+    let mut ids = Vec::new();
+    let mut nonce = 0;
+    for _ in 0..5 {
+        let share = find_share(&job, &en1, en2_size, "0.000001", true, nonce);
+        nonce = share.nonce + 1;
+        let params = submit_params("held.rig", &share);
+        ids.push(c.send_request("mining.submit", params).await.unwrap());
+    }
+    pool.wait_for(|p| p.submits >= 5, WAIT).await.unwrap();
+    assert_eq!(pool.stats().accepted, 5, "the pool judged them valid");
+    pool.drop_connections();
+    for id in &ids {
+        let r = c.wait_response(id).await.unwrap();
+        assert_eq!(r.error_code(), Some(20), "{r:?}");
+    }
+    // Nothing more for those ids: the next reply is the pong, with no other reply before it.
+    let pong = c.request("mining.ping", json!([])).await.unwrap();
+    assert_eq!(pong.result, json!("pong"));
+    let replies: Vec<_> = c
+        .clear_inbox()
+        .into_iter()
+        .filter(|m| m.get("method").is_none())
+        .collect();
+    assert!(replies.is_empty(), "{replies:?}");
+    let shares = share_events(&mut events, 5).await;
+    for e in &shares {
+        assert!(!e.accepted, "{e:?}");
+        assert_eq!(e.reject_reason, Some("upstream_unanswered"));
+        assert!(e.forwarded);
+    }
+    assert_eq!(queued_share_events(&mut events), 0, "one record per share");
+    proxy.drain(std::time::Duration::from_secs(5)).await;
+}
+
+/// Passthrough: a miner that leaves while its shares wait at the pool still gets one record
+/// per share, with the pool's verdict.
+#[tokio::test]
+async fn passthrough_shares_of_a_miner_that_left_are_still_recorded_with_the_pools_verdict() {
+    let pool = pool().await;
+    let cfg = config(&[pool.addr()], Mode::Passthrough);
+    let (tx, mut events) = mpsc::channel(1024);
+    let pools = resolve_pools(&cfg, |_| None).unwrap();
+    let proxy = start(cfg, pools, Some(tx)).await.unwrap();
+    let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+    let (en1, en2_size, job) = handshake(&mut c, "gone.rig").await;
+    let mut nonce = 0;
+    let mut burst = String::new();
+    for i in 0..4 {
+        let share = find_share(&job, &en1, en2_size, "0.000001", true, nonce);
+        nonce = share.nonce + 1;
+        let params = submit_params("gone.rig", &share);
+        burst += &format!(
+            "{}\n",
+            json!({"id": 100 + i, "method": "mining.submit", "params": params})
+        );
+    }
+    // The four submits and the close in one go: the verdicts come after the miner is gone.
+    c.send_raw(burst.as_bytes()).await.unwrap();
+    drop(c);
+    let shares = share_events(&mut events, 4).await;
+    assert!(shares.iter().all(|e| e.accepted), "{shares:?}");
+    assert_eq!(pool.stats().accepted, 4);
+    proxy.drain(std::time::Duration::from_secs(5)).await;
+    assert_eq!(queued_share_events(&mut events), 0, "one record per share");
+}
+
+/// Aggregate with vardiff on, miners starting at `initial`, aiming at one share a second.
+fn vardiff_config(pools: &[std::net::SocketAddr], initial: &str) -> loka_config::Config {
+    let mut cfg = config(pools, Mode::Aggregate);
+    cfg.vardiff.enabled = true;
+    cfg.vardiff.initial_difficulty = initial.parse().unwrap();
+    cfg.vardiff.min_difficulty = "0.00000001".parse().unwrap();
+    cfg.vardiff.target_shares_per_minute = 60.0;
+    cfg.vardiff.retarget_interval = std::time::Duration::from_secs(1);
+    cfg
+}
+
+fn fast_miner(addr: std::net::SocketAddr, name: &str) -> MinerHandle {
+    SimMiner::spawn(MinerConfig {
+        hashrate: Some(100_000.0),
+        ..MinerConfig::new(addr, name)
+    })
+}
+
+/// A pool at a fixed, low difficulty: vardiff wants far more for these miners, but none is
+/// ever set above the pool's difficulty, so every share they find is worth to the pool what
+/// the miner did: each is forwarded and credited. The proxy asks for more; this pool ignores
+/// it.
+#[tokio::test]
+async fn miners_are_never_set_above_a_fixed_low_pool_difficulty() {
+    let pool = pool_with(|c| MockPoolConfig {
+        job_interval: Some(std::time::Duration::from_millis(200)),
+        ..c.with_difficulty("0.0000001").unwrap()
+    })
+    .await;
+    // Miners would start at ten times the pool's difficulty.
+    let proxy = proxy(vardiff_config(&[pool.addr()], "0.000001")).await;
+    let miners: Vec<_> = (0..2)
+        .map(|i| fast_miner(proxy.stratum_addr, &format!("cap.rig{i}")))
+        .collect();
+    for m in &miners {
+        let s = m.wait_for(|s| s.accepted >= 30, WAIT).await.unwrap();
+        assert_eq!(s.rejected_total(), 0, "{s:?}");
+        assert!(
+            s.difficulties_seen.iter().all(|d| *d <= 0.0000001),
+            "{:?}",
+            s.difficulties_seen
+        );
+        assert_eq!(s.difficulty, Some(0.0000001));
+    }
+    // The proxy asked for the difficulty vardiff wants; this pool kept its own.
+    pool.wait_for(|p| p.suggests >= 1, WAIT).await.unwrap();
+    for m in &miners {
+        m.stop();
+    }
+    let stats = proxy.shared.stats.clone();
+    proxy.drain(std::time::Duration::from_secs(5)).await;
+    let accepted = stats
+        .shares_accepted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let forwarded = stats
+        .shares_forwarded
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        forwarded, accepted,
+        "every share at the pool's difficulty goes up"
+    );
+    let p = pool
+        .wait_for(|p| p.submits >= forwarded, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(p.rejected_total(), 0, "{p:?}");
+    assert_eq!(p.accepted, forwarded);
+}
+
+/// The pool's difficulty goes down, up again, and changes with a failover: the miners
+/// follow it down at once and back up to what vardiff wants, never above it.
+#[tokio::test]
+async fn miners_follow_the_pools_difficulty_down_up_and_across_failover() {
+    let primary = pool_with(|c| MockPoolConfig {
+        job_interval: Some(std::time::Duration::from_millis(200)),
+        ..c
+    })
+    .await;
+    let backup = pool_with(|c| MockPoolConfig {
+        job_interval: Some(std::time::Duration::from_millis(200)),
+        ..c.with_difficulty("0.0000005").unwrap()
+    })
+    .await;
+    let mut cfg = vardiff_config(&[primary.addr(), backup.addr()], "0.000001");
+    cfg.upstream.failback_after = std::time::Duration::from_secs(3600);
+    let proxy = proxy(cfg).await;
+    let m = fast_miner(proxy.stratum_addr, "follow.rig");
+    let at = |d: f64| move |s: &loka_sim::miner::MinerStats| s.difficulty == Some(d);
+    m.wait_for(at(0.000001), WAIT).await.unwrap();
+    primary.set_difficulty("0.0000001".parse().unwrap());
+    m.wait_for(at(0.0000001), WAIT).await.unwrap();
+    primary.set_difficulty("0.000001".parse().unwrap());
+    m.wait_for(at(0.000001), WAIT).await.unwrap();
+    let accepted = m.stats().accepted;
+    m.wait_for(|s| s.accepted >= accepted + 5, WAIT)
+        .await
+        .unwrap();
+    primary.kill();
+    m.wait_for(at(0.0000005), WAIT).await.unwrap();
+    let accepted = m.stats().accepted;
+    let s = m
+        .wait_for(|s| s.accepted >= accepted + 5, WAIT)
+        .await
+        .unwrap();
+    assert!(
+        s.difficulties_seen.iter().all(|d| *d <= 0.000001),
+        "{:?}",
+        s.difficulties_seen
+    );
+    // No share was judged at a difficulty its miner had not been given.
+    assert_eq!(s.rejected_with(23), 0, "{s:?}");
+    assert_eq!(primary.stats().rejected_total(), 0);
+    assert_eq!(backup.stats().rejected_total(), 0);
+    m.stop();
+    proxy.drain(std::time::Duration::from_secs(5)).await;
+}
+
+/// A pool that takes `mining.suggest_difficulty`: the proxy asks for what vardiff wants, the
+/// pool raises its difficulty and the miners rise with it.
+#[tokio::test]
+async fn a_pool_that_takes_suggest_difficulty_lets_miners_rise() {
+    let pool = pool_with(|c| MockPoolConfig {
+        job_interval: Some(std::time::Duration::from_millis(200)),
+        honour_suggest_difficulty: true,
+        ..c.with_difficulty("0.00000001").unwrap()
+    })
+    .await;
+    let proxy = proxy(vardiff_config(&[pool.addr()], "0.00000001")).await;
+    let m = fast_miner(proxy.stratum_addr, "rise.rig");
+    let s = m
+        .wait_for(|s| s.difficulty.is_some_and(|d| d >= 0.0000001), WAIT)
+        .await
+        .unwrap();
+    let p = pool.stats();
+    assert!(p.suggests >= 1, "{p:?}");
+    let accepted = s.accepted;
+    let s = m
+        .wait_for(|s| s.accepted >= accepted + 5, WAIT)
+        .await
+        .unwrap();
+    // The pool credits the last shares at no less than the miner's difficulty.
+    let last = pool.submits().pop().unwrap();
+    assert!(last.difficulty >= s.difficulty.unwrap(), "{last:?} {s:?}");
+    assert_eq!(s.rejected_with(23), 0, "{s:?}");
+    assert_eq!(pool.stats().rejected_total(), 0);
+    m.stop();
+    proxy.drain(std::time::Duration::from_secs(5)).await;
 }

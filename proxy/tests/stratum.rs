@@ -10,16 +10,6 @@ use loka_sim::miner::{MinerConfig, SimMiner};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Subscribe + authorize a raw client; returns (en1, en2 size, first notify's job).
-async fn handshake(c: &mut StratumClient, user: &str) -> (Vec<u8>, usize, loka_stratum::Job) {
-    let sub = c.subscribe("test/1.0", None).await.unwrap();
-    assert!(c.authorize(user, "x").await.unwrap());
-    let diff = c.wait_notification("mining.set_difficulty").await.unwrap();
-    assert!(diff.params[0].is_number());
-    let job = job_of(&c.wait_notification("mining.notify").await.unwrap());
-    (sub.extranonce1, sub.extranonce2_size, job)
-}
-
 #[tokio::test]
 async fn aggregate_mode_validates_and_forwards_real_shares() {
     let pool = pool().await;

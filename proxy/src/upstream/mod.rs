@@ -11,14 +11,14 @@ pub mod work;
 use crate::upstream::conn::{PoolConn, PoolEndpoint, PoolMessage};
 use crate::upstream::work::{ExtranonceLayout, LocalJob, Work};
 use loka_config::UpstreamConfig;
-use loka_stratum::StratumError;
+use loka_stratum::{Difficulty, StratumError};
 use parking_lot::Mutex;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How an upstream session is run.
@@ -47,15 +47,23 @@ pub struct Submission {
     /// Version bits for the pool (the rolled version masked by the upstream mask).
     pub version_bits: Option<u32>,
     pub worker: Arc<str>,
-    /// Passthrough: where the pool's verdict goes, with the miner's request id.
-    pub verdict: Option<(mpsc::Sender<Verdict>, String)>,
+    /// Passthrough: where the pool's verdict goes. Every path resolves it exactly once: an
+    /// answer, `NotSent`, `Unanswered`, or — when the submission or its pending entry is
+    /// dropped because the connection or the task ended — a closed channel, which the
+    /// receiver reads as `Unanswered`.
+    pub verdict: Option<oneshot::Sender<Verdict>>,
 }
 
-/// The pool's answer to a forwarded share (passthrough relays it to the miner).
-#[derive(Debug)]
-pub struct Verdict {
-    pub request_id: String,
-    pub result: Result<(), StratumError>,
+/// What became of a forwarded share (passthrough relays it to the miner).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The pool answered: `true`, or its error.
+    Answered(Result<(), StratumError>),
+    /// Not sent: its job belonged to an earlier upstream session.
+    NotSent,
+    /// Sent, but no answer came within `upstream.response_timeout` or before the connection
+    /// ended: the pool may or may not have credited it.
+    Unanswered,
 }
 
 /// Live figures about the upstream side, read by health checks and the API.
@@ -71,6 +79,8 @@ pub struct UpstreamStatus {
     pub submits_stale: AtomicU64,
     /// Sent but never answered within the response timeout.
     pub submits_lost: AtomicU64,
+    /// `mining.suggest_difficulty` requests sent to pools (aggregate mode).
+    pub difficulty_suggestions: AtomicU64,
     pub last_job_unix_ms: AtomicU64,
     pub detail: Mutex<UpstreamDetail>,
 }
@@ -97,6 +107,39 @@ pub struct UpstreamHandle {
     pub submit: mpsc::Sender<Submission>,
     pub status: Arc<UpstreamStatus>,
     pub control: mpsc::Sender<Control>,
+    pub wants: Arc<DifficultyWants>,
+}
+
+/// Aggregate mode: the difficulties miners' vardiff wants above the pool's difficulty (which
+/// caps them), as a multiset. The upstream task asks the pool for the highest with
+/// `mining.suggest_difficulty`: a pool that takes it lets every miner have its own; one
+/// that ignores it keeps them at its difficulty, credited in full, only with more shares.
+#[derive(Debug, Default)]
+pub struct DifficultyWants(Mutex<BTreeMap<Difficulty, u32>>);
+
+impl DifficultyWants {
+    /// A session's want changes from `old` to `new` (`None`: content with the pool's).
+    pub fn replace(&self, old: Option<Difficulty>, new: Option<Difficulty>) {
+        if old == new {
+            return;
+        }
+        let mut m = self.0.lock();
+        if let Some(old) = old
+            && let Some(n) = m.get_mut(&old)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&old);
+            }
+        }
+        if let Some(new) = new {
+            *m.entry(new).or_insert(0) += 1;
+        }
+    }
+
+    pub fn highest(&self) -> Option<Difficulty> {
+        self.0.lock().last_key_value().map(|(d, _)| *d)
+    }
 }
 
 /// Start an upstream task; it ends on `shutdown` or when every handle is dropped.
@@ -105,12 +148,14 @@ pub fn spawn(settings: UpstreamSettings, shutdown: CancellationToken) -> Upstrea
     let (submit_tx, submit_rx) = mpsc::channel(4096);
     let (control_tx, control_rx) = mpsc::channel(8);
     let status = Arc::new(UpstreamStatus::default());
+    let wants = Arc::new(DifficultyWants::default());
     let task = Upstream::new(
         settings,
         work_tx,
         submit_rx,
         control_rx,
         status.clone(),
+        wants.clone(),
         shutdown,
     );
     tokio::spawn(task.run());
@@ -119,8 +164,13 @@ pub fn spawn(settings: UpstreamSettings, shutdown: CancellationToken) -> Upstrea
         submit: submit_tx,
         status,
         control: control_tx,
+        wants,
     }
 }
+
+/// How long a pool may take to act on `mining.suggest_difficulty` before the log says it
+/// did not.
+const SUGGEST_PATIENCE: Duration = Duration::from_secs(60);
 
 enum End {
     Shutdown,
@@ -138,7 +188,7 @@ enum End {
 
 struct Pending {
     sent: Instant,
-    verdict: Option<(mpsc::Sender<Verdict>, String)>,
+    verdict: Option<oneshot::Sender<Verdict>>,
     /// Lives from the write to the pool's answer: the upstream round trip.
     _span: tracing::Span,
 }
@@ -149,6 +199,7 @@ struct Upstream {
     submit_rx: mpsc::Receiver<Submission>,
     control_rx: mpsc::Receiver<Control>,
     status: Arc<UpstreamStatus>,
+    wants: Arc<DifficultyWants>,
     shutdown: CancellationToken,
     failures: Vec<u32>,
     next_try: Vec<Instant>,
@@ -162,6 +213,7 @@ impl Upstream {
         submit_rx: mpsc::Receiver<Submission>,
         control_rx: mpsc::Receiver<Control>,
         status: Arc<UpstreamStatus>,
+        wants: Arc<DifficultyWants>,
         shutdown: CancellationToken,
     ) -> Self {
         let n = s.pools.len();
@@ -171,6 +223,7 @@ impl Upstream {
             submit_rx,
             control_rx,
             status,
+            wants,
             shutdown,
             failures: vec![0; n],
             next_try: vec![Instant::now(); n],
@@ -354,6 +407,9 @@ impl Upstream {
         let mut authorized_upstream: std::collections::HashSet<String> =
             std::collections::HashSet::new();
         let mut batch = Vec::with_capacity(4096);
+        // The difficulty last asked of this pool, and whether its keeping a lower one was said.
+        let mut suggested: Option<(Difficulty, Instant)> = None;
+        let mut ignored_said = false;
         loop {
             let job_deadline = last_job + self.s.timing.job_timeout;
             tokio::select! {
@@ -392,13 +448,13 @@ impl Upstream {
                             }
                             let latency = p.sent.elapsed();
                             self.status.detail.lock().latency = Some(latency);
-                            if let Some((tx, request_id)) = p.verdict {
+                            if let Some(tx) = p.verdict {
                                 let result = match result {
                                     Ok(Value::Bool(true)) => Ok(()),
                                     Ok(other) => Err(StratumError::other(format!("pool answered {other}"))),
                                     Err(e) => Err(e),
                                 };
-                                let _ = tx.try_send(Verdict { request_id, result });
+                                let _ = tx.send(Verdict::Answered(result));
                             }
                             if consecutive_rejects >= self.s.timing.max_consecutive_rejects {
                                 return failed(format!("pool rejected {consecutive_rejects} shares in a row"));
@@ -415,8 +471,8 @@ impl Upstream {
                     while let Some(sub) = next.take() {
                         if sub.job.generation != generation {
                             self.status.submits_stale.fetch_add(1, Relaxed);
-                            if let Some((tx, request_id)) = sub.verdict {
-                                let _ = tx.try_send(Verdict { request_id, result: Err(StratumError::stale()) });
+                            if let Some(tx) = sub.verdict {
+                                let _ = tx.send(Verdict::NotSent);
                             }
                         } else {
                             let name = if self.s.forward_worker_names {
@@ -453,12 +509,15 @@ impl Upstream {
                     return failed(format!("no new job for {:?}", self.s.timing.job_timeout));
                 }
                 _ = tick.tick() => {
+                    if self.s.fold && let Err(e) = self.suggest_difficulty(&mut conn, &pool, &mut suggested, &mut ignored_said).await {
+                        return failed(e);
+                    }
                     let timeout = self.s.timing.response_timeout;
                     let before = pending.len();
                     pending.retain(|_, p| {
                         let keep = p.sent.elapsed() < timeout;
-                        if !keep && let Some((tx, request_id)) = p.verdict.take() {
-                            let _ = tx.try_send(Verdict { request_id: request_id.clone(), result: Err(StratumError::other("pool did not answer")) });
+                        if !keep && let Some(tx) = p.verdict.take() {
+                            let _ = tx.send(Verdict::Unanswered);
                         }
                         keep
                     });
@@ -470,6 +529,39 @@ impl Upstream {
                 better = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
                     return End::Handover(better);
                 }
+            }
+        }
+    }
+
+    /// Aggregate: ask the pool for the highest difficulty miners want above its own. A pool
+    /// that keeps its lower difficulty is said once in the log; miners stay capped at it.
+    async fn suggest_difficulty(
+        &self,
+        conn: &mut PoolConn,
+        pool: &PoolEndpoint,
+        suggested: &mut Option<(Difficulty, Instant)>,
+        ignored_said: &mut bool,
+    ) -> Result<(), String> {
+        let Some(want) = self.wants.highest().filter(|w| *w > conn.difficulty) else {
+            return Ok(());
+        };
+        match *suggested {
+            Some((asked, at)) if asked == want => {
+                if !*ignored_said && at.elapsed() >= SUGGEST_PATIENCE {
+                    *ignored_said = true;
+                    tracing::warn!(pool = %pool.name, asked = %want, difficulty = %conn.difficulty,
+                        "pool kept its difficulty after mining.suggest_difficulty; miners stay capped at it (credited in full, with more shares)");
+                }
+                Ok(())
+            }
+            _ => {
+                let id = conn.next_id;
+                conn.next_id += 1;
+                let line = loka_stratum::message::suggest_difficulty_line(id, &want);
+                tracing::info!(pool = %pool.name, want = %want, difficulty = %conn.difficulty, "asking the pool for a higher difficulty");
+                *suggested = Some((want, Instant::now()));
+                self.status.difficulty_suggestions.fetch_add(1, Relaxed);
+                conn.send(&line).await
             }
         }
     }

@@ -6,7 +6,8 @@
 //! - [`target`]: difficulties (exact decimals), 256-bit targets, `nbits`, hash → difficulty.
 //! - [`job`]: a `mining.notify` job and the block header a share commits to.
 //! - [`share`]: validating a submitted share (header hash, targets, ntime window, version mask).
-//! - [`vardiff`]: per-miner difficulty retargeting.
+//! - [`vardiff`]: per-miner difficulty retargeting, capped at the pool's difficulty.
+//! - [`ledger`]: the difficulty each job's shares are judged at, as difficulties change.
 //! - [`extranonce`]: splitting an upstream extranonce2 space among many miners.
 //! - [`error`]: the Stratum error codes 20–25.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod codec;
 pub mod error;
 pub mod extranonce;
 pub mod job;
+pub mod ledger;
 pub mod message;
 pub mod share;
 pub mod target;

@@ -322,6 +322,15 @@ pub fn set_difficulty_line(d: &Difficulty) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `mining.suggest_difficulty` as a client asks it of a pool, the difficulty an exact number.
+pub fn suggest_difficulty_line(id: u64, d: &Difficulty) -> Vec<u8> {
+    format!(
+        "{{\"id\":{id},\"method\":\"mining.suggest_difficulty\",\"params\":[{}]}}\n",
+        d.to_json_number()
+    )
+    .into_bytes()
+}
+
 /// A pool's `[code, "message", data]` error (or any other shape) as a `StratumError`.
 pub fn decode_error(raw: &RawValue) -> Option<StratumError> {
     let v: Value = serde_json::from_str(raw.get()).ok()?;

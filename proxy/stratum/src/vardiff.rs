@@ -5,6 +5,11 @@
 //! the rate is compared with the target and, outside the tolerance, the difficulty is scaled
 //! by the ratio (at most ×4 or ÷4 per step), clamped to `[min, max]`, and rounded to three
 //! significant digits so the miner gets a short exact decimal.
+//!
+//! A ceiling (the pool's difficulty, in aggregate mode) caps the result: the pool credits a
+//! forwarded share at its own difficulty, so a miner set above it would do work the pool
+//! never credits. What vardiff would have chosen without the ceiling stays known
+//! ([`Vardiff::desired`]) so the proxy can ask the pool for more.
 
 use crate::target::Difficulty;
 use rust_decimal::Decimal;
@@ -25,6 +30,9 @@ pub struct VardiffConfig {
 pub struct Vardiff {
     cfg: VardiffConfig,
     current: Difficulty,
+    ceiling: Option<Difficulty>,
+    /// The last proposal the ceiling cut, while the miner is held at the ceiling.
+    above_ceiling: Option<Difficulty>,
     window_start: Instant,
     shares: u32,
 }
@@ -37,6 +45,8 @@ impl Vardiff {
         Self {
             cfg,
             current,
+            ceiling: None,
+            above_ceiling: None,
             window_start: now,
             shares: 0,
         }
@@ -46,18 +56,57 @@ impl Vardiff {
         self.current
     }
 
+    /// What vardiff would set without the ceiling (at least the current difficulty).
+    pub fn desired(&self) -> Difficulty {
+        self.above_ceiling.unwrap_or(self.current).max(self.current)
+    }
+
     /// Force a difficulty (e.g. a miner's `suggest_difficulty`), clamped to the bounds.
     pub fn set(&mut self, d: Difficulty, now: Instant) -> Difficulty {
-        self.current = clamp(d, &self.cfg);
+        let wanted = clamp(d, &self.cfg);
+        self.current = self.cap(wanted);
+        self.above_ceiling = (wanted > self.current).then_some(wanted);
         self.window_start = now;
         self.shares = 0;
         self.current
     }
 
-    /// Raise the lower bound (e.g. the miner's `minimum-difficulty` extension).
+    /// Raise the lower bound (e.g. the miner's `minimum-difficulty` extension). The ceiling
+    /// still wins.
     pub fn set_min(&mut self, min: Difficulty) {
         self.cfg.min = min.min(self.cfg.max);
-        self.current = clamp(self.current, &self.cfg);
+        let wanted = clamp(self.current, &self.cfg);
+        self.current = self.cap(wanted);
+        if wanted > self.current {
+            self.above_ceiling = Some(wanted.max(self.desired()));
+        }
+    }
+
+    /// Set the ceiling (the pool's difficulty), below every other bound. A lower ceiling
+    /// lowers the difficulty at once; a higher one lets a miner held below what it wanted
+    /// rise to it, up to the new ceiling. Returns the new difficulty when it changed.
+    pub fn set_ceiling(&mut self, ceiling: Option<Difficulty>, now: Instant) -> Option<Difficulty> {
+        if ceiling == self.ceiling {
+            return None;
+        }
+        let desired = self.desired();
+        self.ceiling = ceiling;
+        let next = self.cap(desired);
+        self.above_ceiling = (desired > next).then_some(desired);
+        if next == self.current {
+            return None;
+        }
+        self.current = next;
+        self.window_start = now;
+        self.shares = 0;
+        Some(next)
+    }
+
+    fn cap(&self, d: Difficulty) -> Difficulty {
+        match self.ceiling {
+            Some(c) => d.min(c),
+            None => d,
+        }
     }
 
     /// Count one accepted share; returns a new difficulty when it is time to change.
@@ -91,7 +140,9 @@ impl Vardiff {
             return None;
         }
         let proposed = self.current.to_f64() * ratio;
-        let next = clamp(round3(proposed).unwrap_or(self.current), &self.cfg);
+        let wanted = clamp(round3(proposed).unwrap_or(self.current), &self.cfg);
+        let next = self.cap(wanted);
+        self.above_ceiling = (wanted > next).then_some(wanted);
         if next == self.current {
             return None;
         }
@@ -186,6 +237,43 @@ mod tests {
         );
         let v = Vardiff::new(cfg(), "5000000".parse().unwrap(), t0);
         assert_eq!(v.current().to_string(), "1000000", "start is clamped");
+    }
+
+    #[test]
+    fn the_ceiling_caps_and_remembers_what_vardiff_wanted() {
+        let t0 = Instant::now();
+        let mut v = Vardiff::new(cfg(), "64".parse().unwrap(), t0);
+        // The pool's difficulty drops below the miner's: lowered at once.
+        assert_eq!(
+            v.set_ceiling(Some("16".parse().unwrap()), t0),
+            Some("16".parse().unwrap())
+        );
+        assert_eq!(v.desired().to_string(), "64");
+        // Twice as fast as the target at 16: it would go to 32, the ceiling holds it.
+        let mut changed = None;
+        for i in 1..=40 {
+            changed = changed.or(v.on_share(t0 + Duration::from_millis(1500 * i)));
+        }
+        assert_eq!(changed, None);
+        assert_eq!(v.current().to_string(), "16");
+        assert_eq!(v.desired().to_string(), "32");
+        // The pool raises its difficulty: the miner goes to what it wanted, no further.
+        let t1 = t0 + Duration::from_secs(61);
+        assert_eq!(
+            v.set_ceiling(Some("1000".parse().unwrap()), t1),
+            Some("32".parse().unwrap())
+        );
+        assert_eq!(v.desired().to_string(), "32");
+        // A ceiling below the minimum wins over the minimum; a suggestion above it is held.
+        assert_eq!(
+            v.set_ceiling(Some("0.0001".parse().unwrap()), t1),
+            Some("0.0001".parse().unwrap())
+        );
+        assert_eq!(v.set("500".parse().unwrap(), t1).to_string(), "0.0001");
+        assert_eq!(v.desired().to_string(), "500");
+        v.set_min("2".parse().unwrap());
+        assert_eq!(v.current().to_string(), "0.0001");
+        assert_eq!(v.set_ceiling(None, t1), Some("500".parse().unwrap()));
     }
 
     #[test]

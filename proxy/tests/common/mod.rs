@@ -4,7 +4,7 @@
 
 use loka_config::{Config, Mode, PoolConfig};
 use loka_proxy::proxy::{ProxyHandle, resolve_pools, start};
-use loka_sim::client::Notification;
+use loka_sim::client::{Notification, StratumClient};
 use loka_sim::pool::{MockPool, MockPoolConfig};
 use loka_stratum::message::Submit;
 use loka_stratum::share::{ShareRules, hash_share};
@@ -62,6 +62,31 @@ pub fn config(pools: &[SocketAddr], mode: Mode) -> Config {
 pub async fn proxy(cfg: Config) -> ProxyHandle {
     let pools = resolve_pools(&cfg, |_| None).unwrap();
     start(cfg, pools, None).await.expect("proxy starts")
+}
+
+/// Subscribe + authorize a raw client; returns (en1, en2 size, first notify's job).
+pub async fn handshake(c: &mut StratumClient, user: &str) -> (Vec<u8>, usize, Job) {
+    let sub = c.subscribe("test/1.0", None).await.unwrap();
+    assert!(c.authorize(user, "x").await.unwrap());
+    let diff = c.wait_notification("mining.set_difficulty").await.unwrap();
+    assert!(diff.params[0].is_number());
+    let job = job_of(&c.wait_notification("mining.notify").await.unwrap());
+    (sub.extranonce1, sub.extranonce2_size, job)
+}
+
+/// The params of a `mining.submit` for a share found by [`find_share`].
+pub fn submit_params(worker: &str, s: &Submit) -> serde_json::Value {
+    let mut p = vec![
+        serde_json::Value::from(worker),
+        serde_json::Value::from(s.job_id.as_str()),
+        serde_json::Value::from(hex::encode(&s.extranonce2)),
+        serde_json::Value::from(format!("{:08x}", s.ntime)),
+        serde_json::Value::from(format!("{:08x}", s.nonce)),
+    ];
+    if let Some(v) = s.version_bits {
+        p.push(serde_json::Value::from(format!("{v:08x}")));
+    }
+    serde_json::Value::Array(p)
 }
 
 /// Decode a `mining.notify` the proxy sent.
