@@ -6,6 +6,7 @@
 //! - [`lines`]: bounded line reading from sockets.
 //! - [`stats`]: atomic counters read by the API; [`events`]: share/connection events.
 //! - [`settings`]: configuration file + environment + flags → [`loka_config::Config`].
+//! - [`reload`]: a configuration reload as a pure plan (what applies now, what at restart).
 //! - [`proxy`]: starting and stopping a whole proxy in-process (used by `main`, tests, demo).
 //! - [`demo`]: the self-contained demo (local pool simulator and hashing miners).
 
@@ -14,6 +15,7 @@ pub mod demo;
 pub use loka_store::events;
 pub mod lines;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod settings;

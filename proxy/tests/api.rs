@@ -550,18 +550,26 @@ async fn reload_rejects_a_bad_file_and_applies_a_good_one() {
     // A good file that moves the proxy to another pool: it really switches.
     let mut next = api_config(&[backup.addr()]);
     next.admin.password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$YWJj".into();
+    // A mode change needs a restart: reported, and not in force meanwhile.
+    let mode = f.get("/config").await.1["mining"]["mode"].clone();
+    assert_eq!(mode, "aggregate");
+    next.mining.mode = loka_config::Mode::Passthrough;
     std::fs::write(&path, next.to_toml()).unwrap();
     let r = reload().await.unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "success");
     assert!(v["applied"].as_array().unwrap().contains(&json!("pools")));
-    assert!(
-        v["requires_restart"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("admin"))
-    );
+    for field in ["admin", "mining.mode"] {
+        assert!(
+            v["requires_restart"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(field)),
+            "{field}: {v}"
+        );
+    }
+    assert_eq!(f.get("/config").await.1["mining"]["mode"], mode);
     backup
         .wait_for(|p| p.connections_current == 1, WAIT)
         .await

@@ -586,32 +586,11 @@ async fn config_reload(
         )
         .with_details(json!({ "errors": [e] }))
     })?;
+    let crate::reload::ReloadPlan {
+        config: new,
+        requires_restart: restart,
+    } = crate::reload::plan(&st.shared.config(), new);
     let old = st.shared.config();
-    let mut restart = Vec::new();
-    for (name, changed) in [
-        (
-            "server.bind_address",
-            old.server.bind_address != new.server.bind_address,
-        ),
-        ("server.port", old.server.port != new.server.port),
-        (
-            "server.max_connections",
-            old.server.max_connections != new.server.max_connections,
-        ),
-        ("api", old.api != new.api),
-        ("mining.mode", old.mining.mode != new.mining.mode),
-        (
-            "mining.extranonce_prefix_size",
-            old.mining.extranonce_prefix_size != new.mining.extranonce_prefix_size,
-        ),
-        ("storage", old.storage != new.storage),
-        ("admin", old.admin != new.admin),
-        ("rate_limiting", old.rate_limiting != new.rate_limiting),
-    ] {
-        if changed {
-            restart.push(name);
-        }
-    }
     let mut applied = vec![
         "vardiff (new connections)",
         "server limits per IP and timeouts",
