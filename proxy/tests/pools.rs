@@ -377,3 +377,42 @@ async fn a_pool_that_takes_suggest_difficulty_lets_miners_rise() {
     m.stop();
     proxy.drain(std::time::Duration::from_secs(5)).await;
 }
+
+/// Pools hand out extranonce1s of unusual length. Passthrough hands them to the miner whole
+/// (up to 16 bytes); aggregate folds any length into the coinbase. Past 16 bytes a
+/// passthrough proxy refuses that pool and fails over to the next.
+#[tokio::test]
+async fn long_extranonce1s_mine_or_are_refused_by_name() {
+    let twelve = pool_with(|c| MockPoolConfig {
+        extranonce1_size: 12,
+        ..c
+    })
+    .await;
+    let twenty = pool_with(|c| MockPoolConfig {
+        extranonce1_size: 20,
+        ..c
+    })
+    .await;
+    for (mode, pools) in [
+        (Mode::Passthrough, vec![twelve.addr()]),
+        (Mode::Aggregate, vec![twenty.addr()]),
+        (Mode::Passthrough, vec![twenty.addr(), twelve.addr()]),
+    ] {
+        let proxy = proxy(config(&pools, mode)).await;
+        let m = fast_miner(proxy.stratum_addr, "long.rig");
+        let s = m.wait_for(|s| s.accepted >= 5, WAIT).await.unwrap();
+        assert_eq!(s.rejected_total(), 0, "{mode:?} {pools:?}: {s:?}");
+        let en1 = s.extranonce1.clone().unwrap();
+        match mode {
+            Mode::Passthrough => assert_eq!(en1.len(), 24, "the 12-byte pool's extranonce1"),
+            Mode::Aggregate => assert_eq!(en1.len(), 4, "a 2-byte prefix"),
+        }
+        m.stop();
+        proxy.drain(std::time::Duration::from_secs(5)).await;
+    }
+    assert_eq!(twelve.stats().rejected_total(), 0);
+    let t = twenty.stats();
+    assert_eq!(t.rejected_total(), 0, "{t:?}");
+    // The passthrough proxy met the 20-byte pool, refused it and never mined there.
+    assert!(t.subscribes >= 2, "{t:?}");
+}

@@ -46,9 +46,19 @@ impl ExtranonceLayout {
             ));
         }
         let miner = if fold { room.min(max_miner) } else { room };
-        if miner > 16 {
+        if miner > ShareKey::MAX_EXTRANONCE {
             return Err(format!(
-                "pool extranonce2_size {upstream_extranonce2_size} is larger than 16"
+                "pool extranonce2_size {upstream_extranonce2_size} is larger than {}",
+                ShareKey::MAX_EXTRANONCE
+            ));
+        }
+        // Passthrough miners are handed the pool's extranonce1 as it is; aggregate folds it
+        // into the coinbase, whatever its length.
+        if !fold && upstream_extranonce1.len() > ShareKey::MAX_EXTRANONCE {
+            return Err(format!(
+                "pool extranonce1 of {} bytes is longer than the {} a passthrough miner can be given",
+                upstream_extranonce1.len(),
+                ShareKey::MAX_EXTRANONCE
             ));
         }
         Ok(Self {
@@ -223,6 +233,11 @@ mod tests {
             (4, 0, 0)
         );
         assert_eq!(l.miner_extranonce1(&[]), vec![1, 2]);
+        // A 17-byte extranonce1: folded in aggregate, refused by name in passthrough.
+        assert!(ExtranonceLayout::new(true, vec![1; 17], 8, 2, 2, 8).is_ok());
+        let e = ExtranonceLayout::new(false, vec![1; 17], 8, 2, 2, 8).unwrap_err();
+        assert!(e.contains("extranonce1 of 17 bytes"), "{e}");
+        assert!(ExtranonceLayout::new(false, vec![1; 16], 8, 2, 2, 8).is_ok());
     }
 
     #[test]

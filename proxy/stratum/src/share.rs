@@ -83,6 +83,7 @@ pub fn hash_share(
 pub struct ShareKey {
     extranonce1: u128,
     extranonce2: u128,
+    extranonce1_len: u8,
     extranonce2_len: u8,
     ntime: u32,
     nonce: u32,
@@ -90,16 +91,22 @@ pub struct ShareKey {
 }
 
 impl ShareKey {
-    /// `None` when an extranonce is longer than the key can hold exactly (8 and 16 bytes);
-    /// such sizes are refused when a session is set up, so this does not happen in practice.
+    /// The longest extranonce1 and extranonce2 a key holds exactly, in bytes. Sessions are
+    /// set up only with sizes within it (an upstream whose extranonce1 a miner would see
+    /// whole is refused past it), so `new` returns `None` only for a submit already refused.
+    pub const MAX_EXTRANONCE: usize = 16;
+
     pub fn new(extranonce1: &[u8], submit: &Submit, version: u32) -> Option<ShareKey> {
-        if extranonce1.len() > 8 || submit.extranonce2.len() > 16 {
+        if extranonce1.len() > Self::MAX_EXTRANONCE
+            || submit.extranonce2.len() > Self::MAX_EXTRANONCE
+        {
             return None;
         }
         let pack = |b: &[u8]| b.iter().fold(0u128, |acc, &x| (acc << 8) | u128::from(x));
         Some(ShareKey {
-            extranonce1: pack(extranonce1) | ((extranonce1.len() as u128) << 64),
+            extranonce1: pack(extranonce1),
             extranonce2: pack(&submit.extranonce2),
+            extranonce1_len: extranonce1.len() as u8,
             extranonce2_len: submit.extranonce2.len() as u8,
             ntime: submit.ntime,
             nonce: submit.nonce,

@@ -230,6 +230,22 @@ fn share_keys_distinguish_every_field() {
         ShareKey::new(&en1, &s, 1).unwrap(),
         "leading zero byte is a different en2"
     );
+    // Long extranonce1s (pools hand out up to 16 bytes) are keyed exactly, length included.
+    let long: Vec<u8> = (1..=16).collect();
+    let k = ShareKey::new(&long, &submit, 1).unwrap();
+    assert_ne!(k, ShareKey::new(&long[1..], &submit, 1).unwrap());
+    let mut zero_led = vec![0];
+    zero_led.extend_from_slice(&long[1..]);
+    assert_ne!(
+        k,
+        ShareKey::new(&zero_led, &submit, 1).unwrap(),
+        "leading zero byte is a different en1"
+    );
+    assert_ne!(
+        ShareKey::new(&long[1..], &submit, 1).unwrap(),
+        ShareKey::new(&zero_led, &submit, 1).unwrap()
+    );
+    assert!(ShareKey::new(&[7; 17], &submit, 1).is_none());
 }
 
 mod prop {
