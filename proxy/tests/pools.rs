@@ -416,3 +416,135 @@ async fn long_extranonce1s_mine_or_are_refused_by_name() {
     // The passthrough proxy met the 20-byte pool, refused it and never mined there.
     assert!(t.subscribes >= 2, "{t:?}");
 }
+
+/// A pool that sends a flood of `mining.ping`s and stops reading until the proxy's writes
+/// back up; then shares go up. Every ping is answered and every line the proxy writes
+/// arrives whole (a pong write interrupted by a submit would be lost or tear a line).
+#[tokio::test]
+async fn pings_and_submits_never_tear_a_line_on_the_pool_socket() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    const SUBMITS: usize = 300;
+    const PINGS: usize = 200_000;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(8).unwrap();
+    let pool_addr = listener.local_addr().unwrap();
+    let job = loka_stratum::Job::new(
+        "p1".into(),
+        &"11".repeat(32),
+        vec![1; 40],
+        vec![2; 30],
+        vec![[3; 32]],
+        0x2000_0000,
+        0x1d00ffff,
+        1_700_000_000,
+        true,
+    )
+    .unwrap();
+    let notify = json!({"id": null, "method": "mining.notify",
+        "params": job.notify_params("p1", &job.coinb1, &job.coinb2, true)});
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (stalled_tx, stalled) = tokio::sync::oneshot::channel::<()>();
+    let pool = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut lines = BufReader::new(r).lines();
+        // Handshake: configure (refused), subscribe, authorize, then a tiny difficulty and a job.
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let id = v["id"].clone();
+            let reply = match v["method"].as_str().unwrap() {
+                "mining.configure" => {
+                    json!({"id": id, "result": {"version-rolling": false}, "error": null})
+                }
+                "mining.subscribe" => {
+                    json!({"id": id, "result": [[], "00000001", 8], "error": null})
+                }
+                _ => json!({"id": id, "result": true, "error": null}),
+            };
+            w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+            if v["method"] == "mining.authorize" {
+                let diff = json!({"id": null, "method": "mining.set_difficulty", "params": [0.0000000001]});
+                w.write_all(format!("{diff}\n{notify}\n").as_bytes())
+                    .await
+                    .unwrap();
+                break;
+            }
+        }
+        // The ping flood, written while nothing is read.
+        let flood = tokio::spawn(async move {
+            let mut batch = String::new();
+            let mut stalled_tx = Some(stalled_tx);
+            for i in 0..PINGS {
+                batch += &format!(
+                    "{{\"id\":{},\"method\":\"mining.ping\",\"params\":[]}}\n",
+                    1000 + i
+                );
+                if batch.len() > 64 * 1024 {
+                    // A write that waits: the proxy stopped reading, its pong writes are stuck.
+                    let write = w.write_all(batch.as_bytes());
+                    tokio::pin!(write);
+                    if tokio::time::timeout(std::time::Duration::from_millis(300), &mut write)
+                        .await
+                        .is_err()
+                        && let Some(tx) = stalled_tx.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    write.await.unwrap();
+                    batch.clear();
+                }
+            }
+            w.write_all(batch.as_bytes()).await.unwrap();
+            w
+        });
+        let _ = released.await;
+        let (mut pongs, mut submits, mut torn) = (0, 0, Vec::new());
+        while submits < SUBMITS || pongs < PINGS {
+            let Ok(Ok(Some(line))) = tokio::time::timeout(WAIT, lines.next_line()).await else {
+                break;
+            };
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) if v["result"] == "pong" => pongs += 1,
+                Ok(v) if v["method"] == "mining.submit" => submits += 1,
+                Ok(_) => {}
+                Err(_) => torn.push(line.chars().take(200).collect::<String>()),
+            }
+        }
+        let _w = flood.await;
+        (pongs, submits, torn)
+    });
+    let proxy = proxy(config(&[pool_addr], Mode::Aggregate)).await;
+    let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+    c.set_timeout(WAIT);
+    let (en1, en2_size, job) = handshake(&mut c, "flood.rig").await;
+    let mut burst = String::new();
+    let mut nonce = 0;
+    for i in 0..SUBMITS {
+        let share = find_share(&job, &en1, en2_size, "0.0000000001", true, nonce);
+        nonce = share.nonce + 1;
+        let params = submit_params("flood.rig", &share);
+        burst += &format!(
+            "{}\n",
+            json!({"id": i, "method": "mining.submit", "params": params})
+        );
+    }
+    stalled
+        .await
+        .expect("the proxy's writes to the pool back up");
+    c.send_raw(burst.as_bytes()).await.unwrap();
+    for i in 0..SUBMITS {
+        assert!(c.wait_response(&json!(i)).await.unwrap().is_true());
+    }
+    let _ = release.send(());
+    let (pongs, submits, torn) = pool.await.unwrap();
+    assert!(
+        torn.is_empty(),
+        "{} torn lines, e.g. {:?}",
+        torn.len(),
+        &torn[..torn.len().min(3)]
+    );
+    assert_eq!((pongs, submits), (PINGS, SUBMITS));
+    proxy.drain(std::time::Duration::from_secs(5)).await;
+}

@@ -161,7 +161,8 @@ impl PoolConn {
             Err(e) => return Err(format!("pool refused authorization of {username:?}: {e}")),
         }
         while conn.latest_job.is_none() {
-            conn.next_message().await?;
+            let msg = conn.next_message().await?;
+            conn.answer(&msg).await?;
         }
         Ok(conn)
     }
@@ -176,7 +177,9 @@ impl PoolConn {
     /// Read until the response to `id`, absorbing notifications on the way.
     async fn await_response(&mut self, id: u64) -> Result<Result<Value, StratumError>, String> {
         loop {
-            if let PoolMessage::Response { id: got, result } = self.next_message().await?
+            let msg = self.next_message().await?;
+            self.answer(&msg).await?;
+            if let PoolMessage::Response { id: got, result } = msg
                 && got == id
             {
                 return Ok(result);
@@ -186,6 +189,10 @@ impl PoolConn {
 
     /// Read one line and fold what it says into the connection state. Jobs, difficulty,
     /// extranonce and mask changes are applied here and also returned.
+    ///
+    /// Cancel-safe (it only reads, into a buffer kept across calls), so a `select!` may drop
+    /// it; requests the pool expects an answer to are answered by [`Self::answer`], outside
+    /// any `select!`, so a write is never left half done.
     pub async fn next_message(&mut self) -> Result<PoolMessage, String> {
         let line = match self.reader.next_line().await {
             Ok(Some(line)) => line,
@@ -216,11 +223,17 @@ impl PoolConn {
             }
             _ => {}
         }
-        if let PoolMessage::Ask { id, reply } = &msg {
+        Ok(msg)
+    }
+
+    /// Answer a request from the pool (`mining.ping`, `client.get_version`); nothing for
+    /// other messages.
+    pub async fn answer(&mut self, msg: &PoolMessage) -> Result<(), String> {
+        if let PoolMessage::Ask { id, reply } = msg {
             let line = loka_stratum::message::result_line(id, reply);
             self.send(&line).await?;
         }
-        Ok(msg)
+        Ok(())
     }
 }
 

@@ -421,6 +421,7 @@ impl Upstream {
                 }
                 msg = conn.next_message() => {
                     let msg = match msg { Ok(m) => m, Err(e) => return failed(e) };
+                    if let Err(e) = conn.answer(&msg).await { return failed(e) }
                     match msg {
                         PoolMessage::Job(job) => {
                             last_job = Instant::now();
@@ -628,9 +629,16 @@ impl Upstream {
                     let hold = tokio::time::sleep(timing.failback_after);
                     tokio::pin!(hold);
                     let healthy = loop {
-                        tokio::select! {
+                        let m = tokio::select! {
                             _ = &mut hold => break true,
-                            m = conn.next_message() => if m.is_err() { break false },
+                            m = conn.next_message() => m,
+                        };
+                        let answered = match m {
+                            Ok(m) => conn.answer(&m).await,
+                            Err(e) => Err(e),
+                        };
+                        if answered.is_err() {
+                            break false;
                         }
                     };
                     if healthy && conn.latest_job.is_some() {
