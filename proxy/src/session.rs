@@ -115,6 +115,8 @@ pub struct Session {
     peer: SocketAddr,
     shared: Arc<Shared>,
     upstream: Option<UpstreamHandle>,
+    /// The pool's `client.show_message` texts, relayed once subscribed.
+    messages: Option<tokio::sync::broadcast::Receiver<Arc<str>>>,
     /// Passthrough: forwarded shares whose verdict is still to come; the socket loop moves
     /// them into the set it waits on.
     awaiting: Vec<VerdictFuture>,
@@ -172,6 +174,7 @@ impl Session {
             id,
             peer,
             shared: shared.clone(),
+            messages: upstream.as_ref().map(|u| u.messages.subscribe()),
             upstream,
             awaiting: Vec::new(),
             user_agent: None,
@@ -291,6 +294,17 @@ impl Session {
                         };
                         let u = unacked.pop_front().expect("checked");
                         self.acknowledged(u, ok);
+                    }
+                }
+                text = async { self.messages.as_mut().expect("guarded").recv().await }, if self.messages.is_some() => {
+                    match text {
+                        Ok(text) if self.subscribed => self.out.extend(method_line(
+                            "null",
+                            "client.show_message",
+                            &json!([&*text]),
+                        )),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => self.messages = None,
                     }
                 }
                 Some((a, v)) = verdicts.next(), if !verdicts.is_empty() => {
@@ -654,6 +668,7 @@ impl Session {
             self.shared.shutdown.child_token(),
         );
         *work_rx = Some(handle.work.clone());
+        self.messages = Some(handle.messages.subscribe());
         self.upstream = Some(handle);
     }
 

@@ -2,7 +2,8 @@
 //! and decoding what the pool sends.
 
 use crate::lines::LineReader;
-use loka_stratum::message::{Envelope, decode_error};
+pub use loka_stratum::pool::PoolMessage;
+use loka_stratum::pool::{decode_pool_line, parse_subscribe};
 use loka_stratum::{Difficulty, Job, StratumError};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -29,29 +30,6 @@ impl std::fmt::Debug for PoolEndpoint {
             self.name, self.host, self.port, self.username
         )
     }
-}
-
-/// What a pool line means to us.
-#[derive(Debug)]
-pub enum PoolMessage {
-    Job(Box<Job>),
-    Difficulty(Difficulty),
-    Extranonce {
-        extranonce1: Vec<u8>,
-        extranonce2_size: usize,
-    },
-    VersionMask(u32),
-    Reconnect,
-    /// A request from the pool we answer at once (`mining.ping`, `client.get_version`).
-    Ask {
-        id: String,
-        reply: String,
-    },
-    Response {
-        id: u64,
-        result: Result<Value, StratumError>,
-    },
-    Nothing,
 }
 
 pub const USER_AGENT: &str = concat!("loka-stratum/", env!("CARGO_PKG_VERSION"));
@@ -142,7 +120,7 @@ impl PoolConn {
             .await?
             .map_err(|e| format!("subscribe refused: {e}"))?;
         conn.latency = sent.elapsed();
-        let (en1, en2_size) = parse_subscribe(&sub)?;
+        let (en1, en2_size) = parse_subscribe(&sub).map_err(|e| e.to_string())?;
         conn.extranonce1 = en1;
         conn.extranonce2_size = en2_size;
         let auth = loka_stratum::message::method_line(
@@ -199,7 +177,7 @@ impl PoolConn {
             Ok(None) => return Err("pool closed the connection".into()),
             Err(e) => return Err(format!("read from pool: {e}")),
         };
-        let msg = decode_pool_line(&line)?;
+        let msg = decode_pool_line(&line).map_err(|e| e.to_string())?;
         match &msg {
             PoolMessage::Job(job) => self.latest_job = Some((**job).clone()),
             PoolMessage::Difficulty(d) => self.difficulty = *d,
@@ -229,142 +207,14 @@ impl PoolConn {
     /// Answer a request from the pool (`mining.ping`, `client.get_version`); nothing for
     /// other messages.
     pub async fn answer(&mut self, msg: &PoolMessage) -> Result<(), String> {
-        if let PoolMessage::Ask { id, reply } = msg {
-            let line = loka_stratum::message::result_line(id, reply);
-            self.send(&line).await?;
-        }
+        let line = match msg {
+            PoolMessage::Ping { id } => loka_stratum::message::result_line(id, "\"pong\""),
+            PoolMessage::GetVersion { id } => {
+                loka_stratum::message::result_line(id, &format!("\"{USER_AGENT}\""))
+            }
+            _ => return Ok(()),
+        };
+        self.send(&line).await?;
         Ok(())
-    }
-}
-
-fn parse_subscribe(v: &Value) -> Result<(Vec<u8>, usize), String> {
-    let a = v.as_array().ok_or("subscribe result is not an array")?;
-    let en1 = a
-        .get(1)
-        .and_then(Value::as_str)
-        .and_then(|h| hex::decode(h).ok())
-        .ok_or("subscribe result has no hex extranonce1")?;
-    let size = a
-        .get(2)
-        .and_then(Value::as_u64)
-        .filter(|s| (1..=32).contains(s))
-        .ok_or("subscribe result has no extranonce2_size in 1..=32")?;
-    Ok((en1, size as usize))
-}
-
-/// Decode one line from a pool.
-pub fn decode_pool_line(line: &[u8]) -> Result<PoolMessage, String> {
-    let env = Envelope::parse(line).map_err(|e| format!("pool sent a bad line: {e}"))?;
-    let Some(method) = env.method.as_deref() else {
-        let Some(id) = env.id_u64() else {
-            return Ok(PoolMessage::Nothing);
-        };
-        let result = match env.error.and_then(decode_error) {
-            Some(e) => Err(e),
-            None => Ok(env
-                .result
-                .and_then(|r| serde_json::from_str(r.get()).ok())
-                .unwrap_or(Value::Null)),
-        };
-        return Ok(PoolMessage::Response { id, result });
-    };
-    let params = env
-        .params_value()
-        .map_err(|e| format!("pool {method}: {e}"))?;
-    Ok(match method {
-        "mining.notify" => PoolMessage::Job(Box::new(
-            Job::from_notify_params(&params).map_err(|e| format!("pool mining.notify: {e}"))?,
-        )),
-        "mining.set_difficulty" => PoolMessage::Difficulty(
-            params
-                .get(0)
-                .ok_or("pool mining.set_difficulty without a value")
-                .and_then(|d| {
-                    Difficulty::from_json(d)
-                        .map_err(|_| "pool mining.set_difficulty: not a positive number")
-                })?,
-        ),
-        "mining.set_extranonce" => {
-            let en1 = params
-                .get(0)
-                .and_then(Value::as_str)
-                .and_then(|h| hex::decode(h).ok());
-            let size = params
-                .get(1)
-                .and_then(Value::as_u64)
-                .filter(|s| (1..=32).contains(s));
-            match (en1, size) {
-                (Some(extranonce1), Some(size)) => PoolMessage::Extranonce {
-                    extranonce1,
-                    extranonce2_size: size as usize,
-                },
-                _ => return Err("pool mining.set_extranonce: bad params".into()),
-            }
-        }
-        "mining.set_version_mask" => PoolMessage::VersionMask(
-            params
-                .get(0)
-                .and_then(Value::as_str)
-                .and_then(|m| u32::from_str_radix(m, 16).ok())
-                .ok_or("pool mining.set_version_mask: bad mask")?,
-        ),
-        "client.reconnect" => PoolMessage::Reconnect,
-        "mining.ping" => PoolMessage::Ask {
-            id: env.id.to_string(),
-            reply: "\"pong\"".into(),
-        },
-        "client.get_version" => PoolMessage::Ask {
-            id: env.id.to_string(),
-            reply: format!("\"{USER_AGENT}\""),
-        },
-        "client.show_message" => {
-            tracing::info!(message = %params, "pool message");
-            PoolMessage::Nothing
-        }
-        _ => PoolMessage::Nothing,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_pool_lines() {
-        assert!(matches!(
-            decode_pool_line(br#"{"id":null,"method":"mining.set_difficulty","params":[0.5]}"#).unwrap(),
-            PoolMessage::Difficulty(d) if d.to_string() == "0.5"
-        ));
-        assert!(
-            decode_pool_line(br#"{"id":null,"method":"mining.set_difficulty","params":[0]}"#)
-                .is_err()
-        );
-        assert!(matches!(
-            decode_pool_line(br#"{"id":12,"result":null,"error":[23,"Low difficulty share",null]}"#).unwrap(),
-            PoolMessage::Response { id: 12, result: Err(e) } if e.code == loka_stratum::error::ErrorCode::LowDifficulty
-        ));
-        assert!(matches!(
-            decode_pool_line(br#"{"id":12,"result":true,"error":null}"#).unwrap(),
-            PoolMessage::Response {
-                id: 12,
-                result: Ok(Value::Bool(true))
-            }
-        ));
-        assert!(matches!(
-            decode_pool_line(
-                br#"{"id":null,"method":"mining.set_extranonce","params":["abcd",6]}"#
-            )
-            .unwrap(),
-            PoolMessage::Extranonce {
-                extranonce2_size: 6,
-                ..
-            }
-        ));
-        assert!(decode_pool_line(b"garbage").is_err());
-        assert_eq!(
-            parse_subscribe(&json!([[], "0a0b", 8])).unwrap(),
-            (vec![10, 11], 8)
-        );
-        assert!(parse_subscribe(&json!([[], "zz", 8])).is_err());
     }
 }

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How an upstream session is run.
@@ -108,7 +108,12 @@ pub struct UpstreamHandle {
     pub status: Arc<UpstreamStatus>,
     pub control: mpsc::Sender<Control>,
     pub wants: Arc<DifficultyWants>,
+    /// `client.show_message` texts from the pool, for the miners behind this session.
+    pub messages: broadcast::Sender<Arc<str>>,
 }
+
+/// The longest pool message relayed to miners, in characters (the rest is cut).
+pub const MAX_MESSAGE_CHARS: usize = 512;
 
 /// Aggregate mode: the difficulties miners' vardiff wants above the pool's difficulty (which
 /// caps them), as a multiset. The upstream task asks the pool for the highest with
@@ -149,11 +154,15 @@ pub fn spawn(settings: UpstreamSettings, shutdown: CancellationToken) -> Upstrea
     let (control_tx, control_rx) = mpsc::channel(8);
     let status = Arc::new(UpstreamStatus::default());
     let wants = Arc::new(DifficultyWants::default());
+    let messages = broadcast::channel(16).0;
     let task = Upstream::new(
         settings,
-        work_tx,
-        submit_rx,
-        control_rx,
+        Channels {
+            work_tx,
+            submit_rx,
+            control_rx,
+            messages: messages.clone(),
+        },
         status.clone(),
         wants.clone(),
         shutdown,
@@ -165,6 +174,7 @@ pub fn spawn(settings: UpstreamSettings, shutdown: CancellationToken) -> Upstrea
         status,
         control: control_tx,
         wants,
+        messages,
     }
 }
 
@@ -193,11 +203,20 @@ struct Pending {
     _span: tracing::Span,
 }
 
+/// The upstream task's ends of the channels to sessions and the API.
+struct Channels {
+    work_tx: watch::Sender<Option<Arc<Work>>>,
+    submit_rx: mpsc::Receiver<Submission>,
+    control_rx: mpsc::Receiver<Control>,
+    messages: broadcast::Sender<Arc<str>>,
+}
+
 struct Upstream {
     s: UpstreamSettings,
     work_tx: watch::Sender<Option<Arc<Work>>>,
     submit_rx: mpsc::Receiver<Submission>,
     control_rx: mpsc::Receiver<Control>,
+    messages: broadcast::Sender<Arc<str>>,
     status: Arc<UpstreamStatus>,
     wants: Arc<DifficultyWants>,
     shutdown: CancellationToken,
@@ -209,9 +228,7 @@ struct Upstream {
 impl Upstream {
     fn new(
         s: UpstreamSettings,
-        work_tx: watch::Sender<Option<Arc<Work>>>,
-        submit_rx: mpsc::Receiver<Submission>,
-        control_rx: mpsc::Receiver<Control>,
+        c: Channels,
         status: Arc<UpstreamStatus>,
         wants: Arc<DifficultyWants>,
         shutdown: CancellationToken,
@@ -219,9 +236,10 @@ impl Upstream {
         let n = s.pools.len();
         Self {
             s,
-            work_tx,
-            submit_rx,
-            control_rx,
+            work_tx: c.work_tx,
+            submit_rx: c.submit_rx,
+            control_rx: c.control_rx,
+            messages: c.messages,
             status,
             wants,
             shutdown,
@@ -461,7 +479,13 @@ impl Upstream {
                                 return failed(format!("pool rejected {consecutive_rejects} shares in a row"));
                             }
                         }
-                        PoolMessage::Difficulty(_) | PoolMessage::VersionMask(_) | PoolMessage::Ask { .. } | PoolMessage::Nothing => {}
+                        PoolMessage::ShowMessage(text) => {
+                            tracing::info!(pool = %pool.name, message = %text, "pool message, relayed to its miners");
+                            let text: String = text.chars().take(MAX_MESSAGE_CHARS).collect();
+                            let _ = self.messages.send(Arc::from(text));
+                        }
+                        PoolMessage::Difficulty(_) | PoolMessage::VersionMask(_) | PoolMessage::Ping { .. }
+                        | PoolMessage::GetVersion { .. } | PoolMessage::Nothing => {}
                     }
                 }
                 sub = self.submit_rx.recv() => {

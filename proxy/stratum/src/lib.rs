@@ -3,6 +3,7 @@
 //!
 //! - [`codec`]: newline framing with a hard line-length limit (`LineDecoder`).
 //! - [`message`]: parsing miner requests and pool messages, building server lines.
+//! - [`pool`]: decoding what a pool sends a client.
 //! - [`target`]: difficulties (exact decimals), 256-bit targets, `nbits`, hash → difficulty.
 //! - [`job`]: a `mining.notify` job and the block header a share commits to.
 //! - [`share`]: validating a submitted share (header hash, targets, ntime window, version mask).
@@ -18,6 +19,7 @@ pub mod extranonce;
 pub mod job;
 pub mod ledger;
 pub mod message;
+pub mod pool;
 pub mod share;
 pub mod target;
 pub mod vardiff;
