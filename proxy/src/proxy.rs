@@ -106,7 +106,7 @@ pub async fn start(
         shutdown.clone(),
     )
     .map_err(anyhow::Error::msg)?;
-    let tracker = TaskTracker::new();
+    let tracker = shared.tracker.clone();
     let (api, api_addr) = if shared.config().api.enabled {
         let cfg = shared.config();
         let addr = format!("{}:{}", cfg.api.bind_address, cfg.api.port);
@@ -122,7 +122,7 @@ pub async fn start(
     } else {
         (None, None)
     };
-    let accept = tokio::spawn(serve(listener, shared.clone(), tracker.clone()));
+    let accept = tokio::spawn(serve(listener, shared.clone()));
     tracing::info!(%stratum_addr, mode = %shared.mode, "Stratum listener up");
     Ok(ProxyHandle {
         stratum_addr,

@@ -46,7 +46,28 @@ pub struct Shared {
     /// Live connections, for the admin console (updated at connect/authorize/close only).
     pub connections: Mutex<HashMap<u64, ConnectionInfo>>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// `server.max_connections`, shared by the TCP listener and the WebSocket `/stratum`.
+    permits: Arc<Semaphore>,
+    /// Every miner session, whichever way it came in: drain waits for them all.
+    pub tracker: TaskTracker,
     next_id: AtomicU64,
+}
+
+/// Why a miner connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the proxy is draining")]
+    Draining,
+    #[error("server.max_connections reached")]
+    Full,
+    #[error("server.max_connections_per_ip reached")]
+    PerIp,
+}
+
+/// A miner connection's place: its connection permit and per-IP slot, released on drop.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _ip: IpGuard,
 }
 
 impl Shared {
@@ -63,6 +84,7 @@ impl Shared {
         let mode = config.mining.mode;
         let upstream = (mode == Mode::Aggregate)
             .then(|| crate::upstream::spawn(upstream_settings.clone(), shutdown.child_token()));
+        let permits = Arc::new(Semaphore::new(config.server.max_connections as usize));
         Ok(Arc::new(Shared {
             version_mask: config.version_rolling_mask(),
             config: RwLock::new(config),
@@ -79,6 +101,8 @@ impl Shared {
             api_events: broadcast::channel(4096).0,
             connections: Mutex::new(HashMap::new()),
             per_ip: Mutex::new(HashMap::new()),
+            permits,
+            tracker: TaskTracker::new(),
             next_id: AtomicU64::new(1),
         }))
     }
@@ -172,6 +196,29 @@ impl Shared {
         }
     }
 
+    /// Admit a miner connection (TCP or WebSocket alike): not while draining, within
+    /// `server.max_connections` and the per-IP limit. A refusal is counted.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Admission, Refusal> {
+        let refused = |r: Refusal| {
+            self.stats.connections_refused.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, reason = %r, "miner connection refused");
+            r
+        };
+        if self.drain.is_cancelled() {
+            return Err(refused(Refusal::Draining));
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Err(refused(Refusal::Full));
+        };
+        let Some(ip) = self.admit_ip(peer.ip()) else {
+            return Err(refused(Refusal::PerIp));
+        };
+        Ok(Admission {
+            _permit: permit,
+            _ip: ip,
+        })
+    }
+
     fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
         let limit = self.config.read().server.max_connections_per_ip;
         let mut map = self.per_ip.lock();
@@ -216,10 +263,7 @@ impl Drop for IpGuard {
 }
 
 /// Accept miners until drained; returns when the listener is closed.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
-    let permits = Arc::new(Semaphore::new(
-        shared.config().server.max_connections as usize,
-    ));
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -240,28 +284,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTrac
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            shared.stats.connections_refused.fetch_add(1, Relaxed);
-            tracing::debug!(%peer, "refused: max_connections reached");
+        let Ok(admission) = shared.admit(peer) else {
             continue;
         };
-        let Some(ip_guard) = shared.admit_ip(peer.ip()) else {
-            shared.stats.connections_refused.fetch_add(1, Relaxed);
-            tracing::debug!(%peer, "refused: per-IP limit reached");
-            continue;
-        };
-        tracker.spawn(handle(stream, peer, shared.clone(), permit, ip_guard));
+        shared
+            .tracker
+            .spawn(handle(stream, peer, shared.clone(), admission));
     }
     tracing::info!("stopped accepting miners");
 }
 
-async fn handle(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
-    _ip: IpGuard,
-) {
+async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _admission: Admission) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     run_session(r, w, peer, shared).await;

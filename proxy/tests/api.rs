@@ -774,6 +774,86 @@ async fn stratum_over_websocket_mines_like_tcp() {
     assert_eq!(r, json!({"id": 3, "result": true, "error": null}));
 }
 
+/// The status a refused WebSocket upgrade answered with.
+async fn ws_refused(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("refused without an HTTP answer: {e}"),
+        Ok(_) => panic!("admitted"),
+    }
+}
+
+/// WebSocket `/stratum` miners are admitted like TCP ones: one `max_connections` for both,
+/// the per-IP limit, nothing new while draining, and a drain that tells them to reconnect
+/// and waits for them.
+#[tokio::test]
+async fn stratum_over_websocket_is_admitted_like_tcp() {
+    let f = fixture_with(|c| c.server.max_connections = 1).await;
+    let url = format!("{}/stratum", f.base.replace("http://", "ws://"));
+    let refused = || {
+        f.proxy
+            .shared
+            .stats
+            .connections_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut tcp = loka_sim::client::StratumClient::connect(f.proxy.stratum_addr)
+        .await
+        .unwrap();
+    tcp.subscribe("tcp/1.0", None).await.unwrap();
+    assert_eq!(ws_refused(&url).await, 503);
+    assert_eq!(refused(), 1);
+    drop(tcp);
+    // The TCP miner's slot comes free (its session ends a moment after the close).
+    let deadline = Instant::now() + WAIT;
+    let mut c = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((c, _)) => break c,
+            Err(_) => assert!(Instant::now() < deadline, "slot never freed"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.send(Message::Text(
+        json!({"id": 1, "method": "mining.subscribe", "params": ["ws/1.0"]})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut c).await["id"], 1);
+    // Now the WebSocket miner holds the one slot: TCP is refused.
+    let mut tcp = loka_sim::client::StratumClient::connect(f.proxy.stratum_addr)
+        .await
+        .unwrap();
+    tcp.expect_closed().await.unwrap();
+    let before = refused();
+    // Draining: the WebSocket miner hears client.reconnect; nobody new gets in.
+    f.proxy.shared.drain.cancel();
+    loop {
+        if next_json(&mut c).await["method"] == "client.reconnect" {
+            break;
+        }
+    }
+    assert_eq!(ws_refused(&url).await, 503);
+    assert!(refused() > before);
+    let Fixture { proxy, .. } = f;
+    let report = proxy.drain(Duration::from_secs(5)).await;
+    assert_eq!(report.sessions_left, 0);
+}
+
+/// WebSocket miners count against the per-IP limit like TCP ones.
+#[tokio::test]
+async fn stratum_over_websocket_counts_against_the_per_ip_limit() {
+    let f = fixture_with(|c| c.server.max_connections_per_ip = 1).await;
+    let url = format!("{}/stratum", f.base.replace("http://", "ws://"));
+    let (_c, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(ws_refused(&url).await, 429);
+    let mut tcp = loka_sim::client::StratumClient::connect(f.proxy.stratum_addr)
+        .await
+        .unwrap();
+    tcp.expect_closed().await.unwrap();
+}
+
 /// Worker history comes from the share store: after a restart the proxy has no live worker,
 /// yet `?window=` lists the stored one as offline and its history endpoint has its shares.
 /// The first run acknowledges durably (SQLite), so every share the miner heard "accepted"

@@ -6,10 +6,11 @@
 use super::error::ApiError;
 use super::{ApiState, now_rfc3339};
 use crate::events::{ConnectionEvent, Event};
+use crate::server::{Admission, Refusal};
 use crate::upstream::Control;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::Stream;
@@ -290,16 +291,36 @@ pub async fn stratum(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // Admitted like a TCP miner: the same connection limits, and not while draining.
+    let admission = match st.shared.admit(peer) {
+        Ok(a) => a,
+        Err(refusal) => {
+            let status = match refusal {
+                Refusal::PerIp => StatusCode::TOO_MANY_REQUESTS,
+                Refusal::Full | Refusal::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return ApiError::new(
+                status,
+                "CONNECTION_REFUSED",
+                format!("Stratum connection refused: {refusal}"),
+            )
+            .into_response();
+        }
+    };
     let max_line = st.shared.config().server.max_line_bytes;
     ws.max_message_size(max_line)
-        .on_upgrade(move |socket| bridge(st, peer, socket))
+        .on_upgrade(move |socket| bridge(st, peer, socket, admission))
 }
 
-async fn bridge(st: Arc<ApiState>, peer: SocketAddr, socket: WebSocket) {
+async fn bridge(st: Arc<ApiState>, peer: SocketAddr, socket: WebSocket, admission: Admission) {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (server_r, server_w) = tokio::io::split(server);
     let shared = st.shared.clone();
-    let session = tokio::spawn(crate::server::run_session(server_r, server_w, peer, shared));
+    // Tracked with the TCP sessions, so a drain waits for it too.
+    let session = st.shared.tracker.spawn(async move {
+        crate::server::run_session(server_r, server_w, peer, shared).await;
+        drop(admission);
+    });
     let (client_r, mut client_w) = tokio::io::split(client);
     let (mut tx, mut rx) = socket.split();
     let inbound = async move {
