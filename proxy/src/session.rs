@@ -34,6 +34,9 @@ use tracing::Instrument;
 
 pub const SERVER_VERSION: &str = concat!("Loka Stratum/", env!("CARGO_PKG_VERSION"));
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Distinct worker names one connection may authorize (authorize is answered locally in
+/// aggregate mode, so this bounds what one client can make the proxy track).
+pub const MAX_WORKERS_PER_CONNECTION: usize = 16;
 /// How much longer than `upstream.response_timeout` a session waits for a verdict the
 /// upstream task should have settled itself (it checks once a second).
 const VERDICT_MARGIN: Duration = Duration::from_secs(3);
@@ -410,6 +413,8 @@ impl Session {
             u.wants.replace(self.wants.take(), None);
         }
         for w in &self.workers {
+            // The idle clock starts now.
+            w.stats.touch();
             w.stats.connections.fetch_sub(1, Relaxed);
         }
         let at = SystemTime::now();
@@ -601,7 +606,8 @@ impl Session {
             self.out.extend(result_line(id, "true"));
             return;
         }
-        if self.workers.len() >= 16 {
+        if self.workers.len() >= MAX_WORKERS_PER_CONNECTION {
+            self.shared.stats.workers_refused.fetch_add(1, Relaxed);
             self.out.extend(error_line(
                 id,
                 "false",
@@ -609,8 +615,7 @@ impl Session {
             ));
             return;
         }
-        let stats = self.shared.stats.worker(&username);
-        stats.connections.fetch_add(1, Relaxed);
+        let stats = self.shared.stats.worker_connected(&username);
         stats.touch();
         stats.set_difficulty(self.ledger.current().to_f64());
         let name: Arc<str> = Arc::from(username.as_str());

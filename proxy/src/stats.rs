@@ -5,7 +5,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Process-wide figures.
 #[derive(Debug)]
@@ -16,6 +16,10 @@ pub struct Stats {
     pub connections_peak: AtomicU64,
     /// Refused at accept (limits, draining).
     pub connections_refused: AtomicU64,
+    /// Authorizations refused because the connection already carries its most workers.
+    pub workers_refused: AtomicU64,
+    /// Idle workers forgotten (their history stays in the share store).
+    pub workers_evicted: AtomicU64,
     pub shares_submitted: AtomicU64,
     pub shares_accepted: AtomicU64,
     pub shares_rejected: AtomicU64,
@@ -43,8 +47,22 @@ pub struct Stats {
     pub share_difficulty: Histogram,
     /// From a pool job arriving to its notify written to a miner, in seconds (fan-out).
     pub notify_delay: Histogram,
-    workers: Mutex<HashMap<String, Arc<WorkerStats>>>,
+    workers: Mutex<Workers>,
 }
+
+/// The workers known in memory, swept of idle ones as new names arrive.
+#[derive(Debug)]
+struct Workers {
+    by_name: HashMap<String, Arc<WorkerStats>>,
+    /// Sweep when a new name would take the map to this size.
+    sweep_at: usize,
+}
+
+/// A worker with no connection is forgotten this long after its last activity...
+pub const IDLE_WORKER_TTL: Duration = Duration::from_secs(25 * 3600);
+/// ...or this long if it never had a share accepted (names a client made up and left).
+pub const IDLE_NAME_TTL: Duration = Duration::from_secs(600);
+const FIRST_SWEEP: usize = 1024;
 
 /// One worker (`account.worker`), across its connections.
 #[derive(Debug)]
@@ -88,6 +106,8 @@ impl Default for Stats {
             connections_total: AtomicU64::new(0),
             connections_peak: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            workers_refused: AtomicU64::new(0),
+            workers_evicted: AtomicU64::new(0),
             shares_submitted: AtomicU64::new(0),
             shares_accepted: AtomicU64::new(0),
             shares_rejected: AtomicU64::new(0),
@@ -104,7 +124,10 @@ impl Default for Stats {
             submit_latency: Histogram::new(SUBMIT_LATENCY_BUCKETS.to_vec()),
             share_difficulty: Histogram::new((0..16).map(|i| 1e-9 * 16f64.powi(i)).collect()),
             notify_delay: Histogram::new(NOTIFY_DELAY_BUCKETS.to_vec()),
-            workers: Mutex::new(HashMap::new()),
+            workers: Mutex::new(Workers {
+                by_name: HashMap::new(),
+                sweep_at: FIRST_SWEEP,
+            }),
         }
     }
 }
@@ -129,32 +152,73 @@ impl Stats {
         self.rejects_by_code[(code.code() - 20) as usize].load(Relaxed)
     }
 
-    /// The worker's counters, created on first authorization.
-    pub fn worker(&self, name: &str) -> Arc<WorkerStats> {
+    /// A connection authorized this worker: its counters (created on first sight) with the
+    /// connection counted, under the same lock a sweep takes, so a worker in use is never
+    /// swept. A new name may first sweep idle workers away (amortised: the map has doubled
+    /// since the last sweep).
+    pub fn worker_connected(&self, name: &str) -> Arc<WorkerStats> {
         let mut workers = self.workers.lock();
-        if let Some(w) = workers.get(name) {
+        if let Some(w) = workers.by_name.get(name) {
+            w.connections.fetch_add(1, Relaxed);
             return w.clone();
         }
         let now = unix_ms();
+        if workers.by_name.len() + 1 >= workers.sweep_at {
+            let evicted = sweep(&mut workers.by_name, now, IDLE_WORKER_TTL, IDLE_NAME_TTL);
+            self.workers_evicted.fetch_add(evicted as u64, Relaxed);
+            workers.sweep_at = (workers.by_name.len() * 2).max(FIRST_SWEEP);
+        }
         let w = Arc::new(WorkerStats {
             name: name.to_string(),
             first_seen_unix_ms: now,
             last_activity_unix_ms: AtomicU64::new(now),
-            connections: AtomicU64::new(0),
+            connections: AtomicU64::new(1),
             submitted: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             difficulty_bits: AtomicU64::new(0),
             accepted_work_bits: AtomicU64::new(0f64.to_bits()),
         });
-        workers.insert(name.to_string(), w.clone());
+        workers.by_name.insert(name.to_string(), w.clone());
         w
+    }
+
+    /// Forget workers with no connection that were idle for `idle` (or `idle_unproven` if
+    /// none of their shares was ever accepted); returns how many.
+    pub fn evict_idle(&self, now_ms: u64, idle: Duration, idle_unproven: Duration) -> usize {
+        let evicted = sweep(
+            &mut self.workers.lock().by_name,
+            now_ms,
+            idle,
+            idle_unproven,
+        );
+        self.workers_evicted.fetch_add(evicted as u64, Relaxed);
+        evicted
     }
 
     /// A snapshot of all workers (cloned `Arc`s; the lock is held only to copy them).
     pub fn workers(&self) -> Vec<Arc<WorkerStats>> {
-        self.workers.lock().values().cloned().collect()
+        self.workers.lock().by_name.values().cloned().collect()
     }
+}
+
+fn sweep(
+    workers: &mut HashMap<String, Arc<WorkerStats>>,
+    now_ms: u64,
+    idle: Duration,
+    idle_unproven: Duration,
+) -> usize {
+    let before = workers.len();
+    workers.retain(|_, w| {
+        let ttl = if w.accepted.load(Relaxed) > 0 {
+            idle
+        } else {
+            idle_unproven
+        };
+        let idle_for = now_ms.saturating_sub(w.last_activity_unix_ms.load(Relaxed));
+        w.connections.load(Relaxed) > 0 || u128::from(idle_for) < ttl.as_millis()
+    });
+    before - workers.len()
 }
 
 impl WorkerStats {
@@ -297,5 +361,63 @@ mod tests {
         assert!((s.quantile(0.5) - 1.75).abs() < 1e-9);
         assert_eq!(s.quantile(1.0), 4.0);
         assert_eq!(Histogram::new(vec![1.0]).snapshot().quantile(0.5), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod worker_tests {
+    use super::*;
+
+    #[test]
+    fn idle_workers_are_forgotten_and_workers_in_use_never() {
+        let s = Stats::default();
+        let busy = s.worker_connected("a.busy");
+        let worked = s.worker_connected("a.worked");
+        worked.add_accepted(1.0);
+        let spam = s.worker_connected("a.spam");
+        // Both idle ones leave; "busy" stays connected.
+        for w in [&worked, &spam] {
+            w.connections.fetch_sub(1, Relaxed);
+        }
+        let t0 = worked.last_activity_unix_ms.load(Relaxed);
+        let minutes = |m: u64| t0 + m * 60_000;
+        assert_eq!(s.evict_idle(minutes(5), IDLE_WORKER_TTL, IDLE_NAME_TTL), 0);
+        // A name that never had a share accepted goes after ten minutes...
+        assert_eq!(s.evict_idle(minutes(11), IDLE_WORKER_TTL, IDLE_NAME_TTL), 1);
+        let names = |s: &Stats| {
+            let mut n: Vec<String> = s.workers().iter().map(|w| w.name.clone()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&s), ["a.busy", "a.worked"]);
+        // ...one that worked after a day and an hour; a connected one never.
+        assert_eq!(
+            s.evict_idle(minutes(24 * 60), IDLE_WORKER_TTL, IDLE_NAME_TTL),
+            0
+        );
+        assert_eq!(
+            s.evict_idle(minutes(25 * 60 + 1), IDLE_WORKER_TTL, IDLE_NAME_TTL),
+            1
+        );
+        assert_eq!(names(&s), ["a.busy"]);
+        assert_eq!(busy.connections.load(Relaxed), 1);
+        assert_eq!(s.workers_evicted.load(Relaxed), 2);
+        // Coming back counts the connection on the same counters.
+        let again = s.worker_connected("a.busy");
+        assert!(Arc::ptr_eq(&again, &busy));
+        assert_eq!(busy.connections.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_flood_of_names_is_swept_as_it_grows() {
+        let s = Stats::default();
+        // Names made up and left at once, long ago (as a sweep sees them ten minutes on).
+        for i in 0..10_000 {
+            let w = s.worker_connected(&format!("x.{i}"));
+            w.connections.fetch_sub(1, Relaxed);
+            w.last_activity_unix_ms.store(0, Relaxed);
+        }
+        assert!(s.workers().len() < 2 * FIRST_SWEEP, "{}", s.workers().len());
+        assert!(s.workers_evicted.load(Relaxed) > 8_000);
     }
 }

@@ -450,3 +450,28 @@ async fn vardiff_raises_a_fast_miner_without_rejecting_its_shares() {
     let raised = s.difficulties_seen.iter().cloned().fold(0.0, f64::max);
     assert!(raised > 0.00000001, "{s:?}");
 }
+
+/// Authorize is answered locally, so one connection's worker names are bounded: the 17th is
+/// refused and counted, and the ones it has keep working.
+#[tokio::test]
+async fn one_connection_cannot_make_up_endless_workers() {
+    let pool = pool().await;
+    let proxy = proxy(config(&[pool.addr()], Mode::Aggregate)).await;
+    let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+    c.subscribe("x", None).await.unwrap();
+    for i in 0..loka_proxy::session::MAX_WORKERS_PER_CONNECTION {
+        assert!(c.authorize(&format!("many.w{i}"), "x").await.unwrap());
+    }
+    let r = c
+        .request("mining.authorize", json!(["many.extra", "x"]))
+        .await
+        .unwrap();
+    assert_eq!(r.error_code(), Some(20), "{r:?}");
+    assert_eq!(proxy.shared.stats.workers_refused.load(Relaxed), 1);
+    assert_eq!(
+        proxy.shared.stats.workers().len(),
+        loka_proxy::session::MAX_WORKERS_PER_CONNECTION
+    );
+    // A name it already has is still fine.
+    assert!(c.authorize("many.w0", "x").await.unwrap());
+}

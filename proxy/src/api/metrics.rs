@@ -72,6 +72,16 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
             vec![(vec![], s.connections_refused.load(Relaxed))],
         ),
         (
+            "loka_stratum_workers_refused",
+            "Authorizations refused: the connection already carries its most workers",
+            vec![(vec![], s.workers_refused.load(Relaxed))],
+        ),
+        (
+            "loka_stratum_workers_evicted",
+            "Idle workers forgotten from memory (their history stays in the store)",
+            vec![(vec![], s.workers_evicted.load(Relaxed))],
+        ),
+        (
             "loka_stratum_block_candidates",
             "Shares that met the network target",
             vec![(vec![], s.block_candidates.load(Relaxed))],

@@ -52,7 +52,11 @@ struct Prev {
     bytes: u64,
     errors: u64,
     work: HashMap<String, f64>,
+    last_sweep: Instant,
 }
+
+/// How often idle workers are swept even when no new names arrive.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 fn errors_total(shared: &Shared) -> u64 {
     shared.stats.protocol_errors.load(Relaxed) + shared.stats.connections_refused.load(Relaxed)
@@ -75,6 +79,7 @@ impl Sampler {
                 bytes: shared.stats.bytes_received.load(Relaxed),
                 errors: errors_total(&shared),
                 work: HashMap::new(),
+                last_sweep: Instant::now(),
             };
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -105,7 +110,23 @@ impl Sampler {
         next.bytes_per_sec = rate(s.bytes_received.load(Relaxed), &mut prev.bytes);
         next.errors_per_sec = rate(errors_total(shared), &mut prev.errors);
         // Hashrate: accepted difficulty × 2^32 per second, averaged exponentially per window.
-        for w in s.workers() {
+        if now.duration_since(prev.last_sweep) >= SWEEP_EVERY {
+            prev.last_sweep = now;
+            s.evict_idle(
+                crate::stats::unix_ms(),
+                crate::stats::IDLE_WORKER_TTL,
+                crate::stats::IDLE_NAME_TTL,
+            );
+        }
+        let workers = s.workers();
+        if prev.work.len() > workers.len() || next.hashrates.len() > workers.len() {
+            // Workers were forgotten (idle): forget their rates too.
+            let names: std::collections::HashSet<&str> =
+                workers.iter().map(|w| w.name.as_str()).collect();
+            prev.work.retain(|n, _| names.contains(n.as_str()));
+            next.hashrates.retain(|n, _| names.contains(n.as_str()));
+        }
+        for w in workers {
             let work = w.accepted_work();
             let old = prev.work.insert(w.name.clone(), work).unwrap_or(work);
             let instant = (work - old).max(0.0) * 4_294_967_296.0 / dt;
