@@ -954,44 +954,29 @@ impl Shared {
             (c.en1.clone(), c.mask, job, diff)
         };
         rec.difficulty = diff.as_f64();
-        let Some(en2) = hex::decode(&rec.extranonce2)
-            .ok()
-            .filter(|v| v.len() == self.cfg.extranonce2_size)
-        else {
-            return Rejected(codes::OTHER, "Incorrect size of extranonce2");
+        let submitted = share::Submitted {
+            extranonce2: &rec.extranonce2,
+            ntime: &rec.ntime,
+            nonce: &rec.nonce,
+            version_bits: rec.version_bits.as_deref(),
         };
-        let Some(ntime) = parse_u32_hex(&rec.ntime) else {
-            return Rejected(codes::OTHER, "Malformed ntime");
+        let rules = share::PoolRules {
+            extranonce2_size: self.cfg.extranonce2_size,
+            version_mask: mask,
+            ntime_window: self.cfg.ntime_window,
         };
-        let Some(nonce) = parse_u32_hex(&rec.nonce) else {
-            return Rejected(codes::OTHER, "Malformed nonce");
+        let judged = match share::judge(&job.job, &en1, &submitted, &rules, &diff) {
+            Ok(j) => j,
+            Err(share::Refused(code, message)) => return Rejected(code, message),
         };
-        let j = &job.job;
-        if ntime < j.ntime
-            || u64::from(ntime) > u64::from(j.ntime) + u64::from(self.cfg.ntime_window)
-        {
-            return Rejected(codes::OTHER, "ntime out of range");
-        }
-        let version = match &rec.version_bits {
-            None => j.version,
-            Some(s) => {
-                let Some(bits) = parse_u32_hex(s) else {
-                    return Rejected(codes::OTHER, "Malformed version bits");
-                };
-                if bits & !mask != 0 {
-                    return Rejected(codes::OTHER, "Version bits outside the negotiated mask");
-                }
-                (j.version & !mask) | (bits & mask)
-            }
-        };
-        rec.version = Some(share::u32_hex(version));
-        let hash = j.share_hash(&en1, &en2, version, ntime, nonce);
+        let hash = judged.hash;
+        rec.version = Some(share::u32_hex(judged.version));
         rec.hash = Some(hash_display_hex(&hash));
         rec.share_difficulty = Some(share::hash_difficulty(&hash));
-        let h = share::hash_to_u256(&hash);
-        if h > diff.target() {
+        if !judged.meets {
             return Rejected(codes::LOW_DIFFICULTY, "Low difficulty share");
         }
+        let h = share::hash_to_u256(&hash);
         if !job.seen.lock().insert(hash) {
             return Rejected(codes::DUPLICATE, "Duplicate share");
         }

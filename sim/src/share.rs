@@ -621,3 +621,78 @@ mod tests {
         assert!(Job::from_notify_params(&serde_json::json!("x")).is_err());
     }
 }
+
+/// A `mining.submit` as sent: the hex fields as text.
+#[derive(Debug, Clone, Copy)]
+pub struct Submitted<'a> {
+    pub extranonce2: &'a str,
+    pub ntime: &'a str,
+    pub nonce: &'a str,
+    pub version_bits: Option<&'a str>,
+}
+
+/// What a pool judges a connection's shares with.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolRules {
+    pub extranonce2_size: usize,
+    /// Negotiated BIP310 mask (0: none).
+    pub version_mask: u32,
+    /// Seconds ntime may run ahead of the job's.
+    pub ntime_window: u32,
+}
+
+/// A share that hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    /// The header's version, rolled bits applied.
+    pub version: u32,
+    pub hash: [u8; 32],
+    /// Whether the hash meets the difficulty it was judged at.
+    pub meets: bool,
+}
+
+/// A share refused before hashing: the Stratum error code and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub i64, pub &'static str);
+
+/// Judge a share as this pool does (everything but the job lookup and duplicates): sizes and
+/// hex, the ntime window, version bits within the mask, then the hash against `difficulty`.
+/// Written apart from the proxy's own code so that each checks the other.
+pub fn judge(
+    job: &Job,
+    extranonce1: &[u8],
+    s: &Submitted<'_>,
+    rules: &PoolRules,
+    difficulty: &Difficulty,
+) -> Result<Judged, Refused> {
+    const OTHER: i64 = 20;
+    let Some(en2) = hex::decode(s.extranonce2)
+        .ok()
+        .filter(|v| v.len() == rules.extranonce2_size)
+    else {
+        return Err(Refused(OTHER, "Incorrect size of extranonce2"));
+    };
+    let ntime = parse_u32_hex(s.ntime).ok_or(Refused(OTHER, "Malformed ntime"))?;
+    let nonce = parse_u32_hex(s.nonce).ok_or(Refused(OTHER, "Malformed nonce"))?;
+    if ntime < job.ntime || u64::from(ntime) > u64::from(job.ntime) + u64::from(rules.ntime_window)
+    {
+        return Err(Refused(OTHER, "ntime out of range"));
+    }
+    let mask = rules.version_mask;
+    let version = match s.version_bits {
+        None => job.version,
+        Some(v) => {
+            let bits = parse_u32_hex(v).ok_or(Refused(OTHER, "Malformed version bits"))?;
+            if bits & !mask != 0 {
+                return Err(Refused(OTHER, "Version bits outside the negotiated mask"));
+            }
+            (job.version & !mask) | (bits & mask)
+        }
+    };
+    let hash = job.share_hash(extranonce1, &en2, version, ntime, nonce);
+    Ok(Judged {
+        version,
+        hash,
+        meets: hash_to_u256(&hash) <= difficulty.target(),
+    })
+}
