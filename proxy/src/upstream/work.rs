@@ -240,6 +240,33 @@ mod tests {
         assert!(ExtranonceLayout::new(false, vec![1; 16], 8, 2, 2, 8).is_ok());
     }
 
+    proptest::proptest! {
+        /// Across pool switches (a new upstream extranonce1 and extranonce2 size, the
+        /// miners keeping their prefixes), distinct miners' shares never make the same
+        /// upstream extranonce2, and each is exactly the size the pool set.
+        #[test]
+        fn miners_never_share_an_upstream_extranonce2_across_pool_switches(
+            prefixes in proptest::collection::hash_set(proptest::collection::vec(proptest::prelude::any::<u8>(), 2), 2..40),
+            pools in proptest::collection::vec((proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12), 4usize..17), 1..6),
+            en2 in proptest::collection::vec(proptest::prelude::any::<u8>(), 16),
+        ) {
+            for (en1, upstream_size) in pools {
+                let Ok(layout) = ExtranonceLayout::new(true, en1, upstream_size, 2, 2, 8) else {
+                    // Too small to split: refused, never served.
+                    proptest::prop_assert!(upstream_size < 4);
+                    continue;
+                };
+                let miner_en2 = &en2[..layout.miner_extranonce2_size];
+                let mut seen = HashSet::new();
+                for p in &prefixes {
+                    let up = layout.upstream_extranonce2(p, miner_en2);
+                    proptest::prop_assert_eq!(up.len(), upstream_size);
+                    proptest::prop_assert!(seen.insert(up), "collision for prefix {:?}", p);
+                }
+            }
+        }
+    }
+
     #[test]
     fn folded_job_hashes_like_the_upstream_job() {
         // The header a miner builds from the folded job equals the one the pool builds from

@@ -149,6 +149,63 @@ mod tests {
         assert_eq!(a.in_use(), 305);
     }
 
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Allocate,
+            /// Resume with a session id: a valid one (of the right size), or garbage.
+            Resume(Vec<u8>),
+            /// Release the n-th live prefix (modulo how many there are).
+            Release(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => Just(Op::Allocate),
+                2 => proptest::collection::vec(any::<u8>(), 0..3).prop_map(Op::Resume),
+                3 => any::<usize>().prop_map(Op::Release),
+            ]
+        }
+
+        proptest! {
+            /// Whatever miners do (come, resume with any id, leave), no two live miners
+            /// share a prefix, and the allocator refuses only when every prefix is live.
+            #[test]
+            fn live_prefixes_never_collide(size in 1usize..3, ops in proptest::collection::vec(op(), 1..600)) {
+                let mut a = ExtranonceAllocator::new(size).unwrap();
+                let mut live: Vec<Vec<u8>> = Vec::new();
+                for op in ops {
+                    let got = match op {
+                        Op::Allocate => a.allocate(None),
+                        Op::Resume(id) => a.allocate(Some(&hex::encode(id))),
+                        Op::Release(n) => {
+                            if !live.is_empty() {
+                                let p = live.swap_remove(n % live.len());
+                                a.release(&p);
+                            }
+                            continue;
+                        }
+                    };
+                    match got {
+                        Ok(p) => {
+                            prop_assert_eq!(p.len(), size);
+                            prop_assert!(!live.contains(&p), "{:?} handed out twice", p);
+                            live.push(p);
+                        }
+                        Err(ExtranonceError::Exhausted(n)) => {
+                            prop_assert_eq!(live.len() as u64, n);
+                        }
+                        Err(e) => prop_assert!(false, "{}", e),
+                    }
+                    prop_assert_eq!(a.in_use(), live.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn sizes_are_bounded() {
         assert!(ExtranonceAllocator::new(0).is_err());
