@@ -353,7 +353,14 @@ impl Session {
         verdicts.extend(self.awaiting.drain(..));
         self.settle_verdicts(verdicts).await;
         unacked.append(&mut self.unacked);
-        self.settle_unacked(unacked, &mut w).await;
+        self.settle_unacked(unacked).await;
+        // If the miner can still hear them (a drain, an idle or admin close), the replies
+        // settled on the way out go to it.
+        let open = !matches!(self.close, Some(Close::PeerClosed | Close::Io(_)));
+        if open && !self.out.is_empty() {
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&self.out)).await;
+        }
+        self.out.clear();
         let _ = w.shutdown().await;
         self.finish();
     }
@@ -367,16 +374,9 @@ impl Session {
         }
     }
 
-    /// Closing with replies still waiting on storage: if the miner can still hear them (a
-    /// drain, an idle or admin close), answer each once stored or at its deadline.
-    async fn settle_unacked<W>(&mut self, unacked: VecDeque<Unacked>, w: &mut W)
-    where
-        W: tokio::io::AsyncWrite + Unpin,
-    {
-        if unacked.is_empty() {
-            return;
-        }
-        let open = !matches!(self.close, Some(Close::PeerClosed | Close::Io(_)));
+    /// Closing with replies still waiting on storage: each is answered once stored or at its
+    /// deadline (and the answer written if the miner can still hear it).
+    async fn settle_unacked(&mut self, unacked: VecDeque<Unacked>) {
         for mut u in unacked {
             let ok = matches!(
                 tokio::time::timeout_at(u.deadline.into(), &mut u.stored).await,
@@ -384,10 +384,6 @@ impl Session {
             );
             self.acknowledged(u, ok);
         }
-        if open && !self.out.is_empty() {
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&self.out)).await;
-        }
-        self.out.clear();
     }
 
     fn read_error(&mut self, e: ReadError) {

@@ -578,3 +578,37 @@ async fn a_pools_message_reaches_its_miners() {
         proxy.drain(std::time::Duration::from_secs(5)).await;
     }
 }
+
+/// Passthrough: a drain while shares wait at a pool that never answers. The miner hears
+/// `client.reconnect`, then one reply per share (20: unanswered) before the close.
+#[tokio::test]
+async fn a_drain_answers_the_shares_still_at_the_pool() {
+    let pool = pool_with(|c| MockPoolConfig {
+        hold_submits: true,
+        ..c
+    })
+    .await;
+    let mut cfg = config(&[pool.addr()], Mode::Passthrough);
+    cfg.upstream.response_timeout = std::time::Duration::from_secs(1);
+    let proxy = proxy(cfg).await;
+    let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+    c.set_timeout(WAIT);
+    let (en1, en2_size, job) = handshake(&mut c, "drain.rig").await;
+    let mut ids = Vec::new();
+    let mut nonce = 0;
+    for _ in 0..3 {
+        let share = find_share(&job, &en1, en2_size, "0.000001", true, nonce);
+        nonce = share.nonce + 1;
+        let params = submit_params("drain.rig", &share);
+        ids.push(c.send_request("mining.submit", params).await.unwrap());
+    }
+    pool.wait_for(|p| p.submits >= 3, WAIT).await.unwrap();
+    let drained = tokio::spawn(proxy.drain(std::time::Duration::from_secs(10)));
+    c.wait_notification("client.reconnect").await.unwrap();
+    for id in &ids {
+        let r = c.wait_response(id).await.unwrap();
+        assert_eq!(r.error_code(), Some(20), "{r:?}");
+    }
+    c.expect_closed().await.unwrap();
+    assert_eq!(drained.await.unwrap().sessions_left, 0);
+}
