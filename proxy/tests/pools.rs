@@ -164,11 +164,7 @@ async fn passthrough_shares_in_flight_when_the_pool_drops_get_one_reply_and_one_
     c.set_timeout(WAIT);
     let (en1, en2_size, job) = handshake(&mut c, "held.rig").await;
     let mut ids = Vec::new();
-    let mut nonce = 0;
-    for _ in 0..5 {
-        let share = find_share(&job, &en1, en2_size, "0.000001", true, nonce);
-        nonce = share.nonce + 1;
-        let params = submit_params("held.rig", &share);
+    for params in shares(&job, &en1, en2_size, "0.000001", "held.rig", 5) {
         ids.push(c.send_request("mining.submit", params).await.unwrap());
     }
     pool.wait_for(|p| p.submits >= 5, WAIT).await.unwrap();
@@ -208,12 +204,11 @@ async fn passthrough_shares_of_a_miner_that_left_are_still_recorded_with_the_poo
     let proxy = start(cfg, pools, Some(tx)).await.unwrap();
     let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
     let (en1, en2_size, job) = handshake(&mut c, "gone.rig").await;
-    let mut nonce = 0;
     let mut burst = String::new();
-    for i in 0..4 {
-        let share = find_share(&job, &en1, en2_size, "0.000001", true, nonce);
-        nonce = share.nonce + 1;
-        let params = submit_params("gone.rig", &share);
+    for (i, params) in shares(&job, &en1, en2_size, "0.000001", "gone.rig", 4)
+        .into_iter()
+        .enumerate()
+    {
         burst += &format!(
             "{}\n",
             json!({"id": 100 + i, "method": "mining.submit", "params": params})
@@ -521,11 +516,10 @@ async fn pings_and_submits_never_tear_a_line_on_the_pool_socket() {
     c.set_timeout(WAIT);
     let (en1, en2_size, job) = handshake(&mut c, "flood.rig").await;
     let mut burst = String::new();
-    let mut nonce = 0;
-    for i in 0..SUBMITS {
-        let share = find_share(&job, &en1, en2_size, "0.0000000001", true, nonce);
-        nonce = share.nonce + 1;
-        let params = submit_params("flood.rig", &share);
+    for (i, params) in shares(&job, &en1, en2_size, "0.0000000001", "flood.rig", SUBMITS)
+        .into_iter()
+        .enumerate()
+    {
         burst += &format!(
             "{}\n",
             json!({"id": i, "method": "mining.submit", "params": params})
@@ -595,11 +589,7 @@ async fn a_drain_answers_the_shares_still_at_the_pool() {
     c.set_timeout(WAIT);
     let (en1, en2_size, job) = handshake(&mut c, "drain.rig").await;
     let mut ids = Vec::new();
-    let mut nonce = 0;
-    for _ in 0..3 {
-        let share = find_share(&job, &en1, en2_size, "0.000001", true, nonce);
-        nonce = share.nonce + 1;
-        let params = submit_params("drain.rig", &share);
+    for params in shares(&job, &en1, en2_size, "0.000001", "drain.rig", 3) {
         ids.push(c.send_request("mining.submit", params).await.unwrap());
     }
     pool.wait_for(|p| p.submits >= 3, WAIT).await.unwrap();

@@ -400,16 +400,8 @@ impl MockPool {
         for t in &self.tasks {
             t.abort();
         }
-        let mut g = self.shared.inner.lock();
-        g.killed = true;
-        for (_, c) in g.conns.drain() {
-            if let Some(a) = c.abort {
-                a.abort();
-            }
-        }
-        g.stats.connections_current = 0;
-        drop(g);
-        self.shared.bump();
+        self.shared.inner.lock().killed = true;
+        self.drop_connections();
     }
 }
 

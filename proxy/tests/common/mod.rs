@@ -89,6 +89,25 @@ pub fn submit_params(worker: &str, s: &Submit) -> serde_json::Value {
     serde_json::Value::Array(p)
 }
 
+/// `n` distinct shares of `job` meeting `difficulty`, as `mining.submit` params for `worker`.
+pub fn shares(
+    job: &Job,
+    en1: &[u8],
+    en2_size: usize,
+    difficulty: &str,
+    worker: &str,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let mut nonce = 0;
+    (0..n)
+        .map(|_| {
+            let share = find_share(job, en1, en2_size, difficulty, true, nonce);
+            nonce = share.nonce + 1;
+            submit_params(worker, &share)
+        })
+        .collect()
+}
+
 /// Decode a `mining.notify` the proxy sent.
 pub fn job_of(n: &Notification) -> Job {
     assert_eq!(n.method, "mining.notify");
