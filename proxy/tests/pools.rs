@@ -602,3 +602,52 @@ async fn a_drain_answers_the_shares_still_at_the_pool() {
     c.expect_closed().await.unwrap();
     assert_eq!(drained.await.unwrap().sessions_left, 0);
 }
+
+/// A pool's `client.reconnect`: with no address the proxy reconnects to the same pool, with
+/// one it moves there (a host this proxy was never configured with); miners keep their
+/// connections and mine on.
+#[tokio::test]
+async fn a_pools_client_reconnect_is_followed() {
+    let first = pool().await;
+    let elsewhere = pool().await;
+    let proxy = proxy(config(&[first.addr()], Mode::Aggregate)).await;
+    let m = fast_miner(proxy.stratum_addr, "moved.rig");
+    m.wait_for(|s| s.accepted >= 3, WAIT).await.unwrap();
+    first.send_all(r#"{"id":null,"method":"client.reconnect","params":[]}"#);
+    first
+        .wait_for(
+            |p| p.connections_total == 2 && p.connections_current == 1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let accepted = m.stats().accepted;
+    m.wait_for(|s| s.accepted >= accepted + 3, WAIT)
+        .await
+        .unwrap();
+    let to = elsewhere.addr();
+    first.send_all(&format!(
+        r#"{{"id":null,"method":"client.reconnect","params":["{}",{},0]}}"#,
+        to.ip(),
+        to.port()
+    ));
+    elsewhere
+        .wait_for(|p| p.connections_current == 1 && p.accepted >= 2, WAIT)
+        .await
+        .unwrap();
+    first
+        .wait_for(|p| p.connections_current == 0, WAIT)
+        .await
+        .unwrap();
+    let status = &proxy.shared.upstream.as_ref().unwrap().status;
+    assert_eq!(
+        status.detail.lock().active_host.as_deref(),
+        Some(to.to_string().as_str())
+    );
+    let s = m.stats();
+    assert_eq!(s.disconnects, 0, "{s:?}");
+    assert_eq!(elsewhere.stats().rejected_total(), 0);
+    assert_eq!(first.stats().rejected_total(), 0);
+    m.stop();
+    proxy.drain(std::time::Duration::from_secs(5)).await;
+}

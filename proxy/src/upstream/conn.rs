@@ -37,6 +37,9 @@ const LINE_LIMIT: usize = 64 * 1024;
 
 pub struct PoolConn {
     pub index: usize,
+    /// The address connected to (the configured one, or where the pool redirected us).
+    pub host: String,
+    pub port: u16,
     pub reader: LineReader<OwnedReadHalf>,
     pub writer: OwnedWriteHalf,
     pub extranonce1: Vec<u8>,
@@ -89,6 +92,8 @@ impl PoolConn {
         let (r, w) = stream.into_split();
         let mut conn = PoolConn {
             index,
+            host: pool.host.clone(),
+            port: pool.port,
             reader: LineReader::new(r, LINE_LIMIT),
             writer: w,
             extranonce1: Vec::new(),

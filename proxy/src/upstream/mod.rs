@@ -178,6 +178,9 @@ pub fn spawn(settings: UpstreamSettings, shutdown: CancellationToken) -> Upstrea
     }
 }
 
+/// The longest wait a pool's `client.reconnect` may ask for.
+const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(300);
+
 /// How long a pool may take to act on `mining.suggest_difficulty` before the log says it
 /// did not.
 const SUGGEST_PATIENCE: Duration = Duration::from_secs(60);
@@ -192,6 +195,9 @@ enum End {
     Handover(Box<PoolConn>),
     Reconnect {
         index: usize,
+        /// The pool named another address (host, port); the configured one otherwise.
+        to: Option<(String, u16)>,
+        wait: Duration,
     },
     Reconfigured,
 }
@@ -222,6 +228,9 @@ struct Upstream {
     shutdown: CancellationToken,
     failures: Vec<u32>,
     next_try: Vec<Instant>,
+    /// Where a pool's `client.reconnect` sent us: used for the next connection to that
+    /// pool only; if it fails, the configured address is next.
+    redirect: Vec<Option<(String, u16)>>,
     generation: u64,
 }
 
@@ -245,6 +254,7 @@ impl Upstream {
             shutdown,
             failures: vec![0; n],
             next_try: vec![Instant::now(); n],
+            redirect: vec![None; n],
             generation: 0,
         }
     }
@@ -292,9 +302,10 @@ impl Upstream {
                     tracing::info!(pools = ?self.s.pools, "upstream pools replaced");
                     self.work_tx.send_replace(None);
                 }
-                End::Reconnect { index } => {
-                    tracing::info!(pool = %self.s.pools[index].name, "pool asked us to reconnect");
-                    self.next_try[index] = Instant::now();
+                End::Reconnect { index, to, wait } => {
+                    tracing::info!(pool = %self.s.pools[index].name, to = ?to, ?wait, "pool asked us to reconnect");
+                    self.next_try[index] = Instant::now() + wait;
+                    self.redirect[index] = to;
                     self.work_tx.send_replace(None);
                 }
             }
@@ -321,6 +332,7 @@ impl Upstream {
                 self.s.pools = pools;
                 self.failures = vec![0; n];
                 self.next_try = vec![Instant::now(); n];
+                self.redirect = vec![None; n];
             }
         }
     }
@@ -340,7 +352,11 @@ impl Upstream {
                 if Instant::now() < self.next_try[i] {
                     continue;
                 }
-                let pool = self.s.pools[i].clone();
+                let mut pool = self.s.pools[i].clone();
+                if let Some((host, port)) = self.redirect[i].take() {
+                    pool.host = host;
+                    pool.port = port;
+                }
                 let user = self.username(&pool);
                 let attempt = PoolConn::establish(
                     i,
@@ -410,11 +426,11 @@ impl Upstream {
         {
             let mut d = self.status.detail.lock();
             d.active_pool = Some(pool.name.clone());
-            d.active_host = Some(format!("{}:{}", pool.host, pool.port));
+            d.active_host = Some(format!("{}:{}", conn.host, conn.port));
             d.latency = Some(conn.latency);
         }
         self.status.connected.store(true, Relaxed);
-        tracing::info!(pool = %pool.name, host = %pool.host, port = pool.port, extranonce2_size = conn.extranonce2_size,
+        tracing::info!(pool = %pool.name, host = %conn.host, port = conn.port, extranonce2_size = conn.extranonce2_size,
             miner_extranonce2_size = layout.miner_extranonce2_size, version_mask = format_args!("{:08x}", conn.version_mask), "upstream connected");
         if let Some(job) = conn.latest_job.take() {
             self.publish_job(&conn, &layout, generation, &mut jobs, &job, true);
@@ -454,7 +470,14 @@ impl Upstream {
                             jobs.clear();
                             self.work_tx.send_replace(None);
                         }
-                        PoolMessage::Reconnect => return End::Reconnect { index },
+                        PoolMessage::Reconnect { host, port, wait_secs } => {
+                            // Another host or port as the pool says; the rest as configured.
+                            let to = (host.is_some() || port.is_some()).then(|| {
+                                (host.unwrap_or_else(|| conn.host.clone()), port.unwrap_or(conn.port))
+                            });
+                            let wait = Duration::from_secs(wait_secs).min(MAX_RECONNECT_WAIT);
+                            return End::Reconnect { index, to, wait };
+                        }
                         PoolMessage::Response { id, result } => {
                             let Some(p) = pending.remove(&id) else { continue };
                             let ok = matches!(result, Ok(Value::Bool(true)));

@@ -20,7 +20,13 @@ pub enum PoolMessage {
         extranonce2_size: usize,
     },
     VersionMask(u32),
-    Reconnect,
+    /// `client.reconnect [host, port, wait]`: reconnect, to another host or port when given
+    /// (each optional), after `wait` seconds.
+    Reconnect {
+        host: Option<String>,
+        port: Option<u16>,
+        wait_secs: u64,
+    },
     /// `mining.ping`: answer `"pong"` with this id (raw JSON).
     Ping {
         id: String,
@@ -56,6 +62,14 @@ fn params(method: &'static str, reason: impl Into<String>) -> PoolLineError {
         method,
         reason: reason.into(),
     }
+}
+
+/// A host name or address a pool may send us to: letters, digits, `.`, `-`, `:` (IPv6),
+/// `_`, at most 253 characters.
+fn valid_host(h: &str) -> bool {
+    h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
 }
 
 /// The `(extranonce1, extranonce2_size)` of a `mining.subscribe` result.
@@ -133,7 +147,37 @@ pub fn decode_pool_line(line: &[u8]) -> Result<PoolMessage, PoolLineError> {
                 .and_then(|m| u32::from_str_radix(m, 16).ok())
                 .ok_or_else(|| params("mining.set_version_mask", "expected a hex mask"))?,
         ),
-        "client.reconnect" => PoolMessage::Reconnect,
+        "client.reconnect" => {
+            let host = match p.get(0) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(h)) if h.is_empty() => None,
+                Some(Value::String(h)) if valid_host(h) => Some(h.clone()),
+                Some(_) => return Err(params("client.reconnect", "host is not a host name")),
+            };
+            let port = match p.get(1) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.is_empty() => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                        .and_then(|n| u16::try_from(n).ok())
+                        .filter(|n| *n != 0)
+                        .ok_or_else(|| params("client.reconnect", "port is not in 1..=65535"))?,
+                ),
+            };
+            let wait_secs = p
+                .get(2)
+                .and_then(|v| {
+                    v.as_u64()
+                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                })
+                .unwrap_or(0);
+            PoolMessage::Reconnect {
+                host,
+                port,
+                wait_secs,
+            }
+        }
         "mining.ping" => PoolMessage::Ping {
             id: env.id.to_string(),
         },
@@ -198,6 +242,26 @@ mod tests {
             .unwrap(),
             PoolMessage::ShowMessage(m) if m == "Maintenance at 12:00"
         ));
+        assert!(matches!(
+            decode_pool_line(br#"{"id":null,"method":"client.reconnect","params":[]}"#).unwrap(),
+            PoolMessage::Reconnect {
+                host: None,
+                port: None,
+                wait_secs: 0
+            }
+        ));
+        assert!(matches!(
+            decode_pool_line(br#"{"id":null,"method":"client.reconnect","params":["eu.pool.example","3334",5]}"#).unwrap(),
+            PoolMessage::Reconnect { host: Some(h), port: Some(3334), wait_secs: 5 } if h == "eu.pool.example"
+        ));
+        for bad in [
+            r#"{"id":null,"method":"client.reconnect","params":["evil host/x",3333]}"#,
+            r#"{"id":null,"method":"client.reconnect","params":["a.example",70000]}"#,
+            r#"{"id":null,"method":"client.reconnect","params":["a.example",0]}"#,
+        ] {
+            let e = decode_pool_line(bad.as_bytes()).unwrap_err();
+            assert!(e.to_string().starts_with("pool client.reconnect: "), "{e}");
+        }
         assert!(matches!(
             decode_pool_line(b"garbage").unwrap_err(),
             PoolLineError::Line(_)
