@@ -434,7 +434,9 @@ async fn vardiff_raises_a_fast_miner_without_rejecting_its_shares() {
         ..MinerConfig::new(proxy.stratum_addr, "fay.rig")
     });
     // New jobs let the miner apply the new difficulty.
+    let deadline = std::time::Instant::now() + WAIT;
     let s = loop {
+        assert!(std::time::Instant::now() < deadline, "{:?}", m.stats());
         pool.new_job(false);
         if let Ok(s) = m
             .wait_for(
