@@ -387,6 +387,14 @@ mod tests {
             assert_eq!(v["id"], serde_json::from_str::<Value>(id).unwrap());
             assert_eq!(v["result"], "pong");
         }
+        // Found by fuzzing: a number no f64 holds is valid JSON and is echoed as sent, in a
+        // reply that is one JSON object (checked for syntax: serde's f64 cannot hold it).
+        let e = Envelope::parse(br#"{"id":4e51615,"method":"mining.ping"}"#).unwrap();
+        assert_eq!(e.id, "4e51615");
+        let out = result_line(&e.id, "\"pong\"");
+        let reply: std::collections::BTreeMap<String, Box<RawValue>> =
+            serde_json::from_slice(out.strip_suffix(b"\n").unwrap()).unwrap();
+        assert_eq!(reply["id"].get(), "4e51615");
         assert!(Envelope::parse(br#"{"id":{"a":1},"method":"x"}"#).is_err());
         assert!(Envelope::parse(b"not json").is_err());
         assert!(Envelope::parse(b"[1,2]").is_err());
