@@ -742,6 +742,15 @@ impl Session {
                     // Passthrough miners get the pool's difficulty; the proxy cannot promise.
                     let ok = match (c.minimum_difficulty, self.shared.mode) {
                         (Some(min), Mode::Aggregate) => {
+                            // The pool's difficulty caps every miner, so a minimum above it
+                            // cannot be promised (the miner is told so, and still capped).
+                            let pool = match self.pool_difficulty {
+                                Some(p) => Some(p),
+                                None => self
+                                    .wait_for_work(work_rx)
+                                    .await
+                                    .map(|w| w.upstream_difficulty),
+                            };
                             let d = match self.vardiff.as_mut() {
                                 Some(v) => {
                                     v.set_min(min);
@@ -754,7 +763,7 @@ impl Session {
                             };
                             self.change_difficulty(d);
                             self.update_wants();
-                            true
+                            pool.is_none_or(|p| min <= p)
                         }
                         _ => false,
                     };

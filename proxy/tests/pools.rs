@@ -651,3 +651,35 @@ async fn a_pools_client_reconnect_is_followed() {
     m.stop();
     proxy.drain(std::time::Duration::from_secs(5)).await;
 }
+
+/// BIP310 `minimum-difficulty` above a low pool's difficulty cannot be promised (the pool's
+/// difficulty caps every miner): the miner is told `false` and set at the pool's; a minimum
+/// the pool's difficulty covers is granted.
+#[tokio::test]
+async fn a_minimum_difficulty_above_the_pools_is_refused() {
+    let pool = pool_with(|c| c.with_difficulty("0.0000001").unwrap()).await;
+    let proxy = proxy(config(&[pool.addr()], Mode::Aggregate)).await;
+    for (min, granted) in [(0.000001, false), (0.00000005, true)] {
+        let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+        let r = c
+            .request(
+                "mining.configure",
+                json!([["minimum-difficulty"], {"minimum-difficulty.value": min}]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.result["minimum-difficulty"], granted, "{min}: {r:?}");
+    }
+    // The refused one mines at the pool's difficulty.
+    let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+    c.request(
+        "mining.configure",
+        json!([["minimum-difficulty"], {"minimum-difficulty.value": 0.000001}]),
+    )
+    .await
+    .unwrap();
+    c.subscribe("x", None).await.unwrap();
+    assert!(c.authorize("min.rig2", "x").await.unwrap());
+    let n = c.wait_notification("mining.set_difficulty").await.unwrap();
+    assert_eq!(n.params, json!([0.0000001]));
+}
