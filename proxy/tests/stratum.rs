@@ -95,7 +95,9 @@ async fn passthrough_mode_gives_each_miner_its_own_upstream() {
 
 #[tokio::test]
 async fn every_method_and_every_error_code() {
-    let pool = pool().await;
+    // The pool at the miners' difficulty: nothing caps them lower, and a minimum difficulty
+    // of 0.00001 can be granted.
+    let pool = pool_with(|c| c.with_difficulty("0.00001").unwrap()).await;
     let mut cfg = config(&[pool.addr()], Mode::Aggregate);
     // ≈43,000 hashes a share: a random nonce is almost surely low difficulty.
     cfg.vardiff.initial_difficulty = "0.00001".parse().unwrap();
