@@ -822,9 +822,6 @@ impl Session {
         if job.seq <= self.last_job_seq && !first {
             return;
         }
-        if self.vardiff.is_none() && self.shared.mode == Mode::Passthrough {
-            self.ledger.set(job.upstream_difficulty, self.last_job_seq);
-        }
         if let Some(oldest) = work.jobs.first() {
             self.ledger.forget_before(oldest.seq);
         }
@@ -874,20 +871,22 @@ impl Session {
         self.pool_difficulty.map_or(d, |p| d.min(p))
     }
 
-    /// Aggregate: the pool credits each forwarded share at its own difficulty, so no miner
-    /// is set above it. Follows the pool's difficulty down at once and back up (to what the
-    /// miner wants), across `set_difficulty` and failovers alike.
+    /// The pool's difficulty changed (a `set_difficulty`, a failover), told at once.
+    /// Passthrough relays it. Aggregate: the pool credits each forwarded share at its own
+    /// difficulty, so no miner is set above it: follows it down at once and back up (to what
+    /// the miner wants).
     fn follow_pool_difficulty(&mut self, pool: Difficulty) {
-        if self.shared.mode != Mode::Aggregate || self.pool_difficulty == Some(pool) {
+        if self.pool_difficulty == Some(pool) {
             return;
         }
         self.pool_difficulty = Some(pool);
-        let d = match self.vardiff.as_mut() {
-            Some(v) => {
+        let d = match (self.shared.mode, self.vardiff.as_mut()) {
+            (Mode::Passthrough, _) => pool,
+            (Mode::Aggregate, Some(v)) => {
                 v.set_ceiling(Some(pool), Instant::now());
                 v.current()
             }
-            None => self.capped(self.fixed),
+            (Mode::Aggregate, None) => self.capped(self.fixed),
         };
         self.change_difficulty(d);
         self.update_wants();
@@ -896,6 +895,9 @@ impl Session {
     /// Aggregate: tell the upstream what this miner wants above the pool's difficulty (it
     /// asks the pool for the highest such want).
     fn update_wants(&mut self) {
+        if self.shared.mode != Mode::Aggregate {
+            return;
+        }
         let desired = self.vardiff.as_ref().map_or(self.fixed, Vardiff::desired);
         let wants = self
             .pool_difficulty
@@ -912,9 +914,6 @@ impl Session {
     /// The difficulty a share for this job is judged at: the easiest in force since the job
     /// was sent (miners apply a new difficulty at once or from the next job).
     fn difficulty_for(&self, job: &LocalJob) -> Difficulty {
-        if self.vardiff.is_none() && self.shared.mode == Mode::Passthrough {
-            return job.upstream_difficulty;
-        }
         self.ledger.for_job(job.seq)
     }
 

@@ -683,3 +683,31 @@ async fn a_minimum_difficulty_above_the_pools_is_refused() {
     let n = c.wait_notification("mining.set_difficulty").await.unwrap();
     assert_eq!(n.params, json!([0.0000001]));
 }
+
+/// A pool that changes its difficulty and sends no new job for a while: miners hear the new
+/// difficulty at once (aggregate: capped to it; passthrough: relayed), not at the next job.
+#[tokio::test]
+async fn a_new_pool_difficulty_reaches_miners_before_the_next_job() {
+    for mode in [Mode::Aggregate, Mode::Passthrough] {
+        let pool = pool().await;
+        let mut cfg = vardiff_config(&[pool.addr()], "0.000001");
+        cfg.mining.mode = mode;
+        let proxy = proxy(cfg).await;
+        let m = fast_miner(proxy.stratum_addr, "now.rig");
+        m.wait_for(|s| s.accepted >= 3, WAIT).await.unwrap();
+        let jobs = pool.stats().jobs_created;
+        pool.set_difficulty("0.0000001".parse().unwrap());
+        let s = m
+            .wait_for(|s| s.difficulties_seen.contains(&0.0000001), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(
+            pool.stats().jobs_created,
+            jobs,
+            "{mode:?}: no new job was needed"
+        );
+        assert_eq!(s.rejected_total(), 0, "{mode:?}: {s:?}");
+        m.stop();
+        proxy.drain(std::time::Duration::from_secs(5)).await;
+    }
+}

@@ -507,8 +507,12 @@ impl Upstream {
                             let text: String = text.chars().take(MAX_MESSAGE_CHARS).collect();
                             let _ = self.messages.send(Arc::from(text));
                         }
-                        PoolMessage::Difficulty(_) | PoolMessage::VersionMask(_) | PoolMessage::Ping { .. }
-                        | PoolMessage::GetVersion { .. } | PoolMessage::Nothing => {}
+                        PoolMessage::Difficulty(_) | PoolMessage::VersionMask(_) => {
+                            if !jobs.is_empty() {
+                                self.publish_work(&conn, &layout, generation, &jobs);
+                            }
+                        }
+                        PoolMessage::Ping { .. } | PoolMessage::GetVersion { .. } | PoolMessage::Nothing => {}
                     }
                 }
                 sub = self.submit_rx.recv() => {
@@ -644,13 +648,25 @@ impl Upstream {
         self.status
             .last_job_unix_ms
             .store(crate::stats::unix_ms(), Relaxed);
+        self.publish_work(conn, layout, generation, jobs);
+    }
+
+    /// Publish the jobs in force with the pool's current difficulty and mask (also when only
+    /// those changed, so miners hear a new difficulty or mask at once, not at the next job).
+    fn publish_work(
+        &self,
+        conn: &PoolConn,
+        layout: &ExtranonceLayout,
+        generation: u64,
+        jobs: &[Arc<LocalJob>],
+    ) {
         self.work_tx.send_replace(Some(Arc::new(Work {
             generation,
             pool: self.s.pools[conn.index].name.clone(),
             layout: layout.clone(),
             version_mask: conn.version_mask,
             upstream_difficulty: conn.difficulty,
-            jobs: jobs.clone(),
+            jobs: jobs.to_vec(),
         })));
     }
 
