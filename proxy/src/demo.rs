@@ -2,8 +2,9 @@
 //! (which validates every share it gets), the proxy in front of it, and a few miners that
 //! really hash; prints the share flow every two seconds.
 
-use crate::proxy::{resolve_pools, start};
+use crate::runtime::start;
 use crate::settings::Overrides;
+use crate::upstream::resolve_pools;
 use loka_config::{Config, PoolConfig};
 use loka_sim::miner::{MinerConfig, SimMiner};
 use loka_sim::pool::{MockPool, MockPoolConfig};
@@ -67,7 +68,7 @@ pub async fn run(o: &Overrides, miners: usize, seconds: u64) -> anyhow::Result<(
     if cfg.storage.database_url.is_empty() {
         std::fs::create_dir_all(".loka-data")?;
     }
-    let (store, events) = crate::proxy::start_storage(&cfg).await?;
+    let (store, events) = crate::runtime::start_storage(&cfg).await?;
     let backend = if cfg.storage.database_url.is_empty() {
         "SQLite .loka-data/demo.db"
     } else {

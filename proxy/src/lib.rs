@@ -1,22 +1,30 @@
 //! Loka Stratum proxy: a validating, recording Stratum V1 mining proxy.
 //!
-//! - [`server`]: the Stratum listener, limits, drain.
-//! - [`session`]: one miner connection (state machine + socket loop).
+//! Dependencies point one way, from the top down:
+//! - [`runtime`]: starting and draining a whole proxy in-process (the binary, the demo and
+//!   the tests use it); the only place that wires the parts together.
+//! - [`api`]: the HTTP API (health, config and reload, stats, metrics, streams, admin, and
+//!   Stratum over WebSocket through [`listener::run_session`]).
+//! - [`listener`]: the Stratum listener (TCP), admission, one session task per miner.
+//! - [`session`]: one miner connection (socket loop, methods, difficulty, shares, replies).
 //! - [`upstream`]: pool client with failover; [`upstream::work`] the jobs it publishes.
-//! - [`lines`]: bounded line reading from sockets.
+//! - [`context`]: what sessions share; [`registry`]: live connections and admission.
+//! - [`reload`]: a configuration reload as a pure plan (what applies now, what at restart).
 //! - [`stats`]: atomic counters read by the API; [`events`]: share/connection events.
 //! - [`settings`]: configuration file + environment + flags → [`loka_config::Config`].
-//! - [`reload`]: a configuration reload as a pure plan (what applies now, what at restart).
-//! - [`proxy`]: starting and stopping a whole proxy in-process (used by `main`, tests, demo).
+//! - [`lines`]: bounded line reading from sockets; [`clock`]: timestamps; [`telemetry`].
 //! - [`demo`]: the self-contained demo (local pool simulator and hashing miners).
 
 pub mod api;
+pub mod clock;
+pub mod context;
 pub mod demo;
 pub use loka_store::events;
 pub mod lines;
-pub mod proxy;
+pub mod listener;
+pub mod registry;
 pub mod reload;
-pub mod server;
+pub mod runtime;
 pub mod session;
 pub mod settings;
 pub mod stats;

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             runtime.block_on(async {
-                match loka_proxy::proxy::earnings(&cfg, action.clone()).await {
+                match loka_proxy::runtime::earnings(&cfg, action.clone()).await {
                     Ok(out) => {
                         println!("{out}");
                         ExitCode::SUCCESS
@@ -115,16 +115,16 @@ fn main() -> ExitCode {
 async fn run(cfg: Config, reload: Option<loka_proxy::api::ReloadSource>) -> anyhow::Result<()> {
     // Before anything listens: a SIGTERM that arrives while starting still drains.
     let stop = shutdown_signal()?;
-    let pools = loka_proxy::proxy::resolve_pools(&cfg, |var| std::env::var(var).ok())
+    let pools = loka_proxy::upstream::resolve_pools(&cfg, |var| std::env::var(var).ok())
         .map_err(anyhow::Error::msg)?;
     let drain_timeout = cfg.server.drain_timeout;
     let storage = if cfg.storage.enabled {
-        Some(loka_proxy::proxy::start_storage(&cfg).await?)
+        Some(loka_proxy::runtime::start_storage(&cfg).await?)
     } else {
         None
     };
     let events = storage.as_ref().map(|(_, tx)| tx.clone());
-    let proxy = loka_proxy::proxy::start(cfg, pools, events)
+    let proxy = loka_proxy::runtime::start(cfg, pools, events)
         .await
         .context("starting the proxy")?;
     if let Some((store, _)) = &storage {

@@ -5,7 +5,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Process-wide figures.
 #[derive(Debug)]
@@ -91,13 +91,6 @@ pub const NOTIFY_DELAY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Default for Stats {
     fn default() -> Self {
         Self {
@@ -162,7 +155,7 @@ impl Stats {
             w.connections.fetch_add(1, Relaxed);
             return w.clone();
         }
-        let now = unix_ms();
+        let now = crate::clock::unix_ms();
         if workers.by_name.len() + 1 >= workers.sweep_at {
             let evicted = sweep(&mut workers.by_name, now, IDLE_WORKER_TTL, IDLE_NAME_TTL);
             self.workers_evicted.fetch_add(evicted as u64, Relaxed);
@@ -223,7 +216,8 @@ fn sweep(
 
 impl WorkerStats {
     pub fn touch(&self) {
-        self.last_activity_unix_ms.store(unix_ms(), Relaxed);
+        self.last_activity_unix_ms
+            .store(crate::clock::unix_ms(), Relaxed);
     }
 
     pub fn set_difficulty(&self, d: f64) {

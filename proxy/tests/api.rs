@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use loka_config::{Config, EndpointLimit, Mode};
-use loka_proxy::proxy::ProxyHandle;
+use loka_proxy::runtime::ProxyHandle;
 use loka_sim::miner::{MinerConfig, MinerHandle, SimMiner};
 use loka_sim::pool::MockPool;
 use serde_json::{Value, json};
@@ -868,9 +868,9 @@ async fn worker_history_is_read_from_the_store_across_a_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let pool = pool().await;
     let start = |cfg: Config| async move {
-        let (store, tx) = loka_proxy::proxy::start_storage(&cfg).await.unwrap();
-        let pools = loka_proxy::proxy::resolve_pools(&cfg, |_| None).unwrap();
-        let proxy = loka_proxy::proxy::start(cfg, pools, Some(tx))
+        let (store, tx) = loka_proxy::runtime::start_storage(&cfg).await.unwrap();
+        let pools = loka_proxy::upstream::resolve_pools(&cfg, |_| None).unwrap();
+        let proxy = loka_proxy::runtime::start(cfg, pools, Some(tx))
             .await
             .unwrap();
         proxy.set_store_probe(store.clone());

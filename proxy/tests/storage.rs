@@ -144,9 +144,9 @@ async fn postgres_restarts_mid_run() {
     let pool = pool().await;
     let mut cfg = config(&[pool.addr()], Mode::Aggregate);
     storage(&mut cfg, &url, spool.path());
-    let (store, tx) = loka_proxy::proxy::start_storage(&cfg).await.unwrap();
-    let pools = loka_proxy::proxy::resolve_pools(&cfg, |_| None).unwrap();
-    let proxy = loka_proxy::proxy::start(cfg, pools, Some(tx))
+    let (store, tx) = loka_proxy::runtime::start_storage(&cfg).await.unwrap();
+    let pools = loka_proxy::upstream::resolve_pools(&cfg, |_| None).unwrap();
+    let proxy = loka_proxy::runtime::start(cfg, pools, Some(tx))
         .await
         .unwrap();
     let addr = proxy.stratum_addr.to_string();

@@ -10,7 +10,8 @@ pub mod ratelimit;
 pub mod sampler;
 pub mod ws;
 
-use crate::server::Shared;
+use crate::clock::{now_rfc3339, rfc3339, unix_ms_rfc3339};
+use crate::context::Shared;
 use crate::settings::Overrides;
 use crate::upstream::Control;
 use auth::{Auth, Role};
@@ -127,23 +128,6 @@ pub struct ApiState {
     pub draining: CancellationToken,
     /// Pools as last applied (config or admin console), for reload diffs.
     pub pools: RwLock<Vec<crate::upstream::conn::PoolEndpoint>>,
-}
-
-/// The API's timestamps: RFC 3339, UTC, whole seconds (`2024-01-15T10:30:40Z`).
-pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-pub fn now_rfc3339() -> String {
-    rfc3339(chrono::Utc::now())
-}
-
-pub fn unix_ms_rfc3339(ms: u64) -> Option<String> {
-    (ms > 0).then(|| {
-        rfc3339(
-            chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64).unwrap_or_default(),
-        )
-    })
 }
 
 /// Accepted over submitted, in percent with two decimals (0 when nothing was submitted).
@@ -578,7 +562,7 @@ async fn config_reload(
         )
         .with_details(json!({ "errors": e.0 }))
     })?;
-    let pools = crate::proxy::resolve_pools(&new, |v| std::env::var(v).ok()).map_err(|e| {
+    let pools = crate::upstream::resolve_pools(&new, |v| std::env::var(v).ok()).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "CONFIG_INVALID",
@@ -842,7 +826,7 @@ async fn stats_workers(
         .as_ref()
         .and_then(|u| u.work.borrow().as_ref().map(|w| w.pool.to_string()))
         .unwrap_or_default();
-    let now = crate::stats::unix_ms();
+    let now = crate::clock::unix_ms();
     let mut workers = st.shared.stats.workers();
     workers.sort_by(|a, b| a.name.cmp(&b.name));
     let status_of = |w: &crate::stats::WorkerStats| {

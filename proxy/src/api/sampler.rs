@@ -2,7 +2,7 @@
 //! worker hashrate averages over 1m/10m/1h/24h, and the process's CPU and memory. The API
 //! reads the latest snapshot; the share path never sees any of this.
 
-use crate::server::Shared;
+use crate::context::Shared;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -113,7 +113,7 @@ impl Sampler {
         if now.duration_since(prev.last_sweep) >= SWEEP_EVERY {
             prev.last_sweep = now;
             s.evict_idle(
-                crate::stats::unix_ms(),
+                crate::clock::unix_ms(),
                 crate::stats::IDLE_WORKER_TTL,
                 crate::stats::IDLE_NAME_TTL,
             );

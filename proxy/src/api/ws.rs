@@ -3,10 +3,11 @@
 //! caused by miners; `/admin/console` takes admin commands; `/stratum` is Stratum over
 //! WebSocket, one JSON message per frame, served by the same session code as TCP.
 
+use super::ApiState;
 use super::error::ApiError;
-use super::{ApiState, now_rfc3339};
+use crate::clock::now_rfc3339;
 use crate::events::{ConnectionEvent, Event};
-use crate::server::{Admission, Refusal};
+use crate::registry::{Admission, Refusal};
 use crate::upstream::Control;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
@@ -183,8 +184,7 @@ async fn run_command(st: &ApiState, command: &str, params: &Value) -> Value {
     let fail = |code: &str, message: String| json!({"command": command, "ok": false, "error": {"code": code, "message": message}});
     match command {
         "list_connections" => {
-            let mut list: Vec<_> = st.shared.connections.lock().values().cloned().collect();
-            list.sort_by_key(|c| c.connection_id);
+            let list = st.shared.registry.list();
             json!({"command": command, "ok": true, "result": {"count": list.len(), "connections": list}})
         }
         "disconnect_worker" => {
@@ -194,23 +194,9 @@ async fn run_command(st: &ApiState, command: &str, params: &Value) -> Value {
                     "params.worker_name is required".into(),
                 );
             };
-            let ids: Vec<u64> = st
-                .shared
-                .connections
-                .lock()
-                .values()
-                .filter(|c| c.workers.iter().any(|w| w == name))
-                .map(|c| c.connection_id)
-                .collect();
-            for id in &ids {
-                let _ = st.shared.kicks.send(*id);
-            }
-            tracing::info!(
-                worker = name,
-                connections = ids.len(),
-                "admin disconnected worker"
-            );
-            json!({"command": command, "ok": true, "result": {"worker_name": name, "disconnected": ids.len()}})
+            let n = st.shared.registry.kick_worker(name);
+            tracing::info!(worker = name, connections = n, "admin disconnected worker");
+            json!({"command": command, "ok": true, "result": {"worker_name": name, "disconnected": n}})
         }
         "update_pool_config" => {
             let Some(name) = params.get("pool_name").and_then(Value::as_str) else {
@@ -318,7 +304,7 @@ async fn bridge(st: Arc<ApiState>, peer: SocketAddr, socket: WebSocket, admissio
     let shared = st.shared.clone();
     // Tracked with the TCP sessions, so a drain waits for it too.
     let session = st.shared.tracker.spawn(async move {
-        crate::server::run_session(server_r, server_w, peer, shared).await;
+        crate::listener::run_session(server_r, server_w, peer, shared).await;
         drop(admission);
     });
     let (client_r, mut client_w) = tokio::io::split(client);

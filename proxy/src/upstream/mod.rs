@@ -6,11 +6,13 @@
 //! and forwards the shares miners' sessions send it (batched into one write).
 
 pub mod conn;
+mod settings;
 pub mod work;
+
+pub use settings::{UpstreamSettings, resolve_pools};
 
 use crate::upstream::conn::{PoolConn, PoolEndpoint, PoolMessage};
 use crate::upstream::work::{ExtranonceLayout, LocalJob, Work};
-use loka_config::UpstreamConfig;
 use loka_stratum::{Difficulty, StratumError};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -20,23 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-
-/// How an upstream session is run.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub pools: Vec<PoolEndpoint>,
-    pub timing: UpstreamConfig,
-    /// Aggregate mode folds the upstream extranonce1 into miners' coinb1.
-    pub fold: bool,
-    pub prefix_size: usize,
-    pub min_miner_extranonce2: usize,
-    pub max_miner_extranonce2: usize,
-    /// Mask requested from the pool (0: do not negotiate version rolling).
-    pub version_mask: u32,
-    pub max_jobs: usize,
-    /// Submit as `account.worker` (each worker authorized upstream on first use).
-    pub forward_worker_names: bool,
-}
 
 /// A share on its way to the pool.
 pub struct Submission {
@@ -647,7 +632,7 @@ impl Upstream {
         self.status.jobs_received.fetch_add(1, Relaxed);
         self.status
             .last_job_unix_ms
-            .store(crate::stats::unix_ms(), Relaxed);
+            .store(crate::clock::unix_ms(), Relaxed);
         self.publish_work(conn, layout, generation, jobs);
     }
 

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use loka_config::{Config, Mode, PoolConfig};
-use loka_proxy::proxy::{ProxyHandle, resolve_pools, start};
+use loka_proxy::runtime::{ProxyHandle, start};
+use loka_proxy::upstream::resolve_pools;
 use loka_sim::client::{Notification, StratumClient};
 use loka_sim::pool::{MockPool, MockPoolConfig};
 use loka_stratum::message::Submit;

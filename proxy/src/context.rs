@@ -1,8 +1,9 @@
-//! The Stratum listener: accepts miners under connection limits and spawns one session task
-//! each; on drain it stops accepting and lets sessions tell miners to reconnect elsewhere.
+//! What every miner session shares: the running configuration, counters, where events go,
+//! the aggregate upstream, the extranonce allocator, the connection registry and the drain
+//! and shutdown tokens. Built once by [`crate::runtime`]; read-mostly.
 
-use crate::events::{ConnectionEvent, Delivered, Event, EventSink};
-use crate::session::Session;
+use crate::events::{Delivered, Event, EventSink};
+use crate::registry::{Admission, Refusal, Registry};
 use crate::stats::Stats;
 use crate::upstream::{UpstreamHandle, UpstreamSettings};
 use loka_config::{Config, Mode};
@@ -10,16 +11,12 @@ use loka_stratum::Difficulty;
 use loka_stratum::extranonce::ExtranonceAllocator;
 use loka_stratum::vardiff::VardiffConfig;
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 /// State every session shares. Read-mostly; nothing here is locked on the share path except
 /// a job's duplicate set and (at subscribe) the extranonce allocator.
@@ -39,35 +36,12 @@ pub struct Shared {
     pub drain: CancellationToken,
     /// Cancelled to stop everything (upstream tasks too).
     pub shutdown: CancellationToken,
-    /// Admin "disconnect connection N".
-    pub kicks: broadcast::Sender<u64>,
     /// Events for API subscribers (WebSocket/SSE); sent only while someone listens.
     pub api_events: broadcast::Sender<Event>,
-    /// Live connections, for the admin console (updated at connect/authorize/close only).
-    pub connections: Mutex<HashMap<u64, ConnectionInfo>>,
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
-    /// `server.max_connections`, shared by the TCP listener and the WebSocket `/stratum`.
-    permits: Arc<Semaphore>,
+    /// Live connections: admission, ids, the admin console's list and kicks.
+    pub registry: Arc<Registry>,
     /// Every miner session, whichever way it came in: drain waits for them all.
     pub tracker: TaskTracker,
-    next_id: AtomicU64,
-}
-
-/// Why a miner connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("the proxy is draining")]
-    Draining,
-    #[error("server.max_connections reached")]
-    Full,
-    #[error("server.max_connections_per_ip reached")]
-    PerIp,
-}
-
-/// A miner connection's place: its connection permit and per-IP slot, released on drop.
-pub struct Admission {
-    _permit: OwnedSemaphorePermit,
-    _ip: IpGuard,
 }
 
 impl Shared {
@@ -84,7 +58,7 @@ impl Shared {
         let mode = config.mining.mode;
         let upstream = (mode == Mode::Aggregate)
             .then(|| crate::upstream::spawn(upstream_settings.clone(), shutdown.child_token()));
-        let permits = Arc::new(Semaphore::new(config.server.max_connections as usize));
+        let registry = Registry::new(config.server.max_connections);
         Ok(Arc::new(Shared {
             version_mask: config.version_rolling_mask(),
             config: RwLock::new(config),
@@ -97,13 +71,9 @@ impl Shared {
             allocator: Mutex::new(allocator),
             drain: shutdown.child_token(),
             shutdown,
-            kicks: broadcast::channel(64).0,
             api_events: broadcast::channel(4096).0,
-            connections: Mutex::new(HashMap::new()),
-            per_ip: Mutex::new(HashMap::new()),
-            permits,
+            registry,
             tracker: TaskTracker::new(),
-            next_id: AtomicU64::new(1),
         }))
     }
 
@@ -198,136 +168,16 @@ impl Shared {
 
     /// Admit a miner connection (TCP or WebSocket alike): not while draining, within
     /// `server.max_connections` and the per-IP limit. A refusal is counted.
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Admission, Refusal> {
-        let refused = |r: Refusal| {
+    pub fn admit(&self, peer: SocketAddr) -> Result<Admission, Refusal> {
+        let admitted = if self.drain.is_cancelled() {
+            Err(Refusal::Draining)
+        } else {
+            let per_ip = self.config.read().server.max_connections_per_ip;
+            self.registry.admit(peer.ip(), per_ip)
+        };
+        admitted.inspect_err(|r| {
             self.stats.connections_refused.fetch_add(1, Relaxed);
             tracing::debug!(%peer, reason = %r, "miner connection refused");
-            r
-        };
-        if self.drain.is_cancelled() {
-            return Err(refused(Refusal::Draining));
-        }
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            return Err(refused(Refusal::Full));
-        };
-        let Some(ip) = self.admit_ip(peer.ip()) else {
-            return Err(refused(Refusal::PerIp));
-        };
-        Ok(Admission {
-            _permit: permit,
-            _ip: ip,
         })
     }
-
-    fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
-        let limit = self.config.read().server.max_connections_per_ip;
-        let mut map = self.per_ip.lock();
-        let n = map.entry(ip).or_insert(0);
-        if limit != 0 && *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(IpGuard {
-            shared: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// What the admin console shows of a live connection.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ConnectionInfo {
-    pub connection_id: u64,
-    pub remote_addr: SocketAddr,
-    pub connected_at: String,
-    pub user_agent: Option<String>,
-    pub workers: Vec<String>,
-}
-
-/// Releases a per-IP slot when the connection ends.
-struct IpGuard {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for IpGuard {
-    fn drop(&mut self) {
-        let mut map = self.shared.per_ip.lock();
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// Accept miners until drained; returns when the listener is closed.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shared.drain.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => {
-                backoff = Duration::from_millis(5);
-                x
-            }
-            Err(e) => {
-                // EMFILE and friends: wait a little instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let Ok(admission) = shared.admit(peer) else {
-            continue;
-        };
-        shared
-            .tracker
-            .spawn(handle(stream, peer, shared.clone(), admission));
-    }
-    tracing::info!("stopped accepting miners");
-}
-
-async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _admission: Admission) {
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    run_session(r, w, peer, shared).await;
-}
-
-/// Register a connection, run its session over any byte stream (TCP, or the WebSocket
-/// bridge of the API's `/stratum`), and unregister it.
-pub async fn run_session<R, W>(r: R, w: W, peer: SocketAddr, shared: Arc<Shared>)
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let id = shared.next_id.fetch_add(1, Relaxed);
-    shared.stats.connection_opened();
-    shared.connections.lock().insert(
-        id,
-        ConnectionInfo {
-            connection_id: id,
-            remote_addr: peer,
-            connected_at: crate::api::now_rfc3339(),
-            user_agent: None,
-            workers: Vec::new(),
-        },
-    );
-    shared.emit(Event::Connection(ConnectionEvent::Connected {
-        connection_id: id,
-        remote: peer,
-    }));
-    let span = tracing::info_span!("connection", conn = id, peer = %peer);
-    Session::new(id, peer, shared.clone())
-        .run(r, w)
-        .instrument(span)
-        .await;
-    shared.connections.lock().remove(&id);
-    shared.stats.connection_closed();
 }

@@ -1,12 +1,13 @@
 //! Start and stop a whole proxy in-process: the binary, the demo and the tests all use this.
 
+use crate::context::Shared;
 use crate::events::{Event, EventSink};
-use crate::server::{Shared, serve};
+use crate::listener::serve;
 use crate::stats::Stats;
 use crate::upstream::UpstreamSettings;
 use crate::upstream::conn::PoolEndpoint;
 use anyhow::Context;
-use loka_config::{Config, Mode};
+use loka_config::Config;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,49 +36,6 @@ pub struct DrainReport {
     pub elapsed: Duration,
 }
 
-/// Pool endpoints with passwords resolved through `lookup` (the environment, in `main`).
-pub fn resolve_pools(
-    cfg: &Config,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<PoolEndpoint>, String> {
-    cfg.pools
-        .iter()
-        .map(|p| {
-            let password = match (&p.password, &p.password_env) {
-                (Some(pw), _) => pw.clone(),
-                (None, Some(var)) => lookup(var).ok_or_else(|| {
-                    format!(
-                        "pools[{}].password_env: environment variable {var} is not set",
-                        p.name
-                    )
-                })?,
-                (None, None) => "x".to_string(),
-            };
-            Ok(PoolEndpoint {
-                name: Arc::from(p.name.as_str()),
-                host: p.host.clone(),
-                port: p.port,
-                username: p.username.clone(),
-                password,
-            })
-        })
-        .collect()
-}
-
-pub fn upstream_settings(cfg: &Config, pools: Vec<PoolEndpoint>) -> UpstreamSettings {
-    UpstreamSettings {
-        pools,
-        timing: cfg.upstream.clone(),
-        fold: cfg.mining.mode == Mode::Aggregate,
-        prefix_size: cfg.mining.extranonce_prefix_size,
-        min_miner_extranonce2: cfg.mining.min_miner_extranonce2_size,
-        max_miner_extranonce2: cfg.mining.max_miner_extranonce2_size,
-        version_mask: cfg.version_rolling_mask(),
-        max_jobs: cfg.mining.max_jobs,
-        forward_worker_names: cfg.mining.forward_worker_names,
-    }
-}
-
 /// Validate, bind and start serving. `events`: where share/connection events go (`None`:
 /// they are only counted).
 pub async fn start(
@@ -92,7 +50,7 @@ pub async fn start(
         .with_context(|| format!("bind Stratum listener on {addr}"))?;
     let stratum_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let settings = upstream_settings(&cfg, pools);
+    let settings = UpstreamSettings::from_config(&cfg, pools);
     let (sink, enabled) = match events {
         Some(tx) => (EventSink::from_sender(tx), true),
         None => (EventSink::disabled(), false),

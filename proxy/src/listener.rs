@@ -1,0 +1,73 @@
+//! The Stratum listener: accepts miners on TCP under the connection limits and runs one
+//! session task each; the API's WebSocket `/stratum` hands its admitted connections to
+//! [`run_session`] too. On drain it stops accepting; sessions tell miners to reconnect.
+
+use crate::context::Shared;
+use crate::events::{ConnectionEvent, Event};
+use crate::registry::Admission;
+use crate::session::Session;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+/// Accept miners until drained; returns when the listener is closed.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.drain.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // EMFILE and friends: wait a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(admission) = shared.admit(peer) else {
+            continue;
+        };
+        shared
+            .tracker
+            .spawn(handle(stream, peer, shared.clone(), admission));
+    }
+    tracing::info!("stopped accepting miners");
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _admission: Admission) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    run_session(r, w, peer, shared).await;
+}
+
+/// Register a connection, run its session over any byte stream (TCP, or the WebSocket
+/// bridge of the API's `/stratum`), and unregister it.
+pub async fn run_session<R, W>(r: R, w: W, peer: SocketAddr, shared: Arc<Shared>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let id = shared.registry.open(peer, crate::clock::now_rfc3339());
+    shared.stats.connection_opened();
+    shared.emit(Event::Connection(ConnectionEvent::Connected {
+        connection_id: id,
+        remote: peer,
+    }));
+    let span = tracing::info_span!("connection", conn = id, peer = %peer);
+    Session::new(id, peer, shared.clone())
+        .run(r, w)
+        .instrument(span)
+        .await;
+    shared.registry.close(id);
+    shared.stats.connection_closed();
+}

@@ -1,0 +1,378 @@
+//! One miner connection: a state machine over Stratum requests, fed by a thin socket loop.
+//!
+//! The loop ([`Session::run`], here) reads lines and hands each to the dispatcher
+//! ([`dispatch`]), which appends replies and notifications to an output buffer; the loop
+//! writes that buffer once per burst. Work arrives from the upstream task as
+//! `watch<Option<Arc<Work>>>` ([`work`]: jobs, difficulty, version mask); notify lines are
+//! shared bytes, serialised once for all miners. A submit is judged in [`submit`]; its one
+//! reply and one record are settled in [`replies`] (at once, after the pool's verdict in
+//! passthrough, or once stored under durable acknowledgement).
+
+mod dispatch;
+mod replies;
+mod submit;
+mod work;
+
+use replies::{Unacked, VerdictFuture};
+
+use crate::context::Shared;
+use crate::events::{ConnectionEvent, Event};
+use crate::lines::{LineReader, ReadError};
+use crate::stats::WorkerStats;
+use crate::upstream::UpstreamHandle;
+use crate::upstream::work::Work;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use loka_config::Mode;
+use loka_stratum::Difficulty;
+use loka_stratum::ledger::DifficultyLedger;
+use loka_stratum::message::method_line;
+use loka_stratum::vardiff::Vardiff;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::AsyncWriteExt;
+
+pub const SERVER_VERSION: &str = concat!("Loka Stratum/", env!("CARGO_PKG_VERSION"));
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Distinct worker names one connection may authorize (authorize is answered locally in
+/// aggregate mode, so this bounds what one client can make the proxy track).
+pub const MAX_WORKERS_PER_CONNECTION: usize = 16;
+
+/// Why a session ended (logged, and recorded as the worker's disconnect reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    PeerClosed,
+    Io(String),
+    Protocol(String),
+    HandshakeTimeout,
+    IdleTimeout,
+    Reconnect,
+    Drain,
+    AdminDisconnect,
+    NoUpstream,
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::PeerClosed => f.write_str("peer closed"),
+            Close::Io(e) => write!(f, "io error: {e}"),
+            Close::Protocol(e) => write!(f, "protocol error: {e}"),
+            Close::HandshakeTimeout => f.write_str("handshake timeout"),
+            Close::IdleTimeout => f.write_str("idle timeout"),
+            Close::Reconnect => f.write_str("sent client.reconnect"),
+            Close::Drain => f.write_str("proxy draining"),
+            Close::AdminDisconnect => f.write_str("disconnected by admin"),
+            Close::NoUpstream => f.write_str("no upstream pool"),
+        }
+    }
+}
+
+struct Authorized {
+    name: Arc<str>,
+    stats: Arc<WorkerStats>,
+}
+
+pub struct Session {
+    id: u64,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    upstream: Option<UpstreamHandle>,
+    /// The upstream's work (the shared one in aggregate; this miner's own upstream's in
+    /// passthrough, from subscribe or configure on).
+    work_rx: Option<tokio::sync::watch::Receiver<Option<Arc<Work>>>>,
+    /// The pool's `client.show_message` texts, relayed once subscribed.
+    messages: Option<tokio::sync::broadcast::Receiver<Arc<str>>>,
+    /// Passthrough: forwarded shares whose verdict is still to come; the socket loop moves
+    /// them into the set it waits on.
+    awaiting: Vec<VerdictFuture>,
+    user_agent: Option<String>,
+    subscribed: bool,
+    extranonce_subscribed: bool,
+    /// Aggregate: this miner's slice of the upstream extranonce2 space.
+    prefix: Vec<u8>,
+    extranonce1: Vec<u8>,
+    extranonce2_size: usize,
+    generation: u64,
+    /// Negotiated BIP310 mask, which shares are judged with; `requested_mask` is what the
+    /// miner asked for; `mask_told` what it was last told (configure reply or
+    /// `mining.set_version_mask`), so a pool's narrower or changed mask reaches it.
+    version_mask: u32,
+    requested_mask: Option<u32>,
+    mask_told: Option<u32>,
+    workers: Vec<Authorized>,
+    vardiff: Option<Vardiff>,
+    /// Aggregate without vardiff: the configured difficulty (raised by `minimum-difficulty`).
+    fixed: Difficulty,
+    /// Aggregate: the pool's difficulty, which caps the miner's.
+    pool_difficulty: Option<Difficulty>,
+    /// What this miner wants above the pool's difficulty, as registered with the upstream.
+    wants: Option<Difficulty>,
+    /// The difficulty now, and the one each job sent is judged at.
+    ledger: DifficultyLedger,
+    difficulty_sent: Option<Difficulty>,
+    last_job_seq: u64,
+    out: Vec<u8>,
+    close: Option<Close>,
+    /// When the first work goes out (a moment after the authorize reply).
+    first_work_at: Option<Instant>,
+    /// When the pool's job behind the notify being written arrived (fan-out delay).
+    notify_received_at: Option<Instant>,
+    /// `storage.acknowledge = "durable"`: "accepted" only once the share is stored, waiting
+    /// at most this long (`storage.write_timeout`).
+    durable: Option<Duration>,
+    /// Durable mode: replies waiting for their shares to be stored, oldest first. The session
+    /// goes on reading meanwhile, so a miner's pipelined submits share one group commit.
+    unacked: VecDeque<Unacked>,
+}
+
+impl Session {
+    pub fn new(id: u64, peer: SocketAddr, shared: Arc<Shared>) -> Self {
+        let cfg = shared.config();
+        let start = Difficulty::new(cfg.vardiff.initial_difficulty).unwrap_or(Difficulty::ONE);
+        // The mode the proxy runs in, not the latest configuration's: a mode change applies
+        // only after a restart.
+        let vardiff = (cfg.vardiff.enabled && shared.mode == Mode::Aggregate)
+            .then(|| Vardiff::new(shared.vardiff_config(), start, Instant::now()));
+        let difficulty = vardiff.as_ref().map_or(start, Vardiff::current);
+        let upstream = shared.upstream.clone();
+        Self {
+            id,
+            peer,
+            shared: shared.clone(),
+            messages: upstream.as_ref().map(|u| u.messages.subscribe()),
+            work_rx: upstream.as_ref().map(|u| u.work.clone()),
+            upstream,
+            awaiting: Vec::new(),
+            user_agent: None,
+            subscribed: false,
+            extranonce_subscribed: false,
+            prefix: Vec::new(),
+            extranonce1: Vec::new(),
+            extranonce2_size: 0,
+            generation: 0,
+            version_mask: 0,
+            requested_mask: None,
+            mask_told: None,
+            workers: Vec::new(),
+            vardiff,
+            fixed: start,
+            pool_difficulty: None,
+            wants: None,
+            ledger: DifficultyLedger::new(difficulty),
+            difficulty_sent: None,
+            last_job_seq: 0,
+            out: Vec::with_capacity(256),
+            close: None,
+            first_work_at: None,
+            notify_received_at: None,
+            durable: shared.durable_wait(),
+            unacked: VecDeque::new(),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.subscribed && !self.workers.is_empty()
+    }
+
+    /// Serve the connection until it closes.
+    pub async fn run<R, W>(mut self, r: R, mut w: W)
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let cfg = self.shared.config();
+        let mut reader = LineReader::new(r, cfg.server.max_line_bytes);
+        let handshake_deadline = Instant::now() + cfg.server.handshake_timeout;
+        let idle = cfg.server.idle_timeout;
+        let mut last_rx = Instant::now();
+        let drain = self.shared.drain.clone();
+        let kick = self.shared.registry.kicks();
+        tokio::pin!(kick);
+        let mut vardiff_tick = cfg.vardiff.retarget_interval;
+        drop(cfg);
+        let mut unacked = VecDeque::new();
+        let mut verdicts = FuturesUnordered::new();
+        while self.close.is_none() {
+            // Submits handled below push to `self.unacked` and `self.awaiting`; the branches
+            // wait on the older ones.
+            unacked.append(&mut self.unacked);
+            verdicts.extend(self.awaiting.drain(..));
+            let deadline = if self.ready() {
+                last_rx + idle
+            } else {
+                handshake_deadline
+            };
+            let tick_at = Instant::now() + vardiff_tick;
+            tokio::select! {
+                biased;
+                _ = drain.cancelled() => {
+                    if self.subscribed {
+                        self.out.extend(method_line("null", "client.reconnect", &json!([])));
+                    }
+                    self.close = Some(Close::Drain);
+                }
+                id = kick.recv() => {
+                    if let Ok(id) = id && id == self.id {
+                        self.close = Some(Close::AdminDisconnect);
+                    }
+                }
+                line = reader.next_line() => {
+                    last_rx = Instant::now();
+                    match line {
+                        Ok(Some(line)) => {
+                            self.handle_line(&line).await;
+                            // Handle a pipelined burst before writing the replies once.
+                            while self.close.is_none() {
+                                match reader.next_buffered() {
+                                    Ok(Some(line)) => self.handle_line(&line).await,
+                                    Ok(None) => break,
+                                    Err(e) => { self.read_error(e); break }
+                                }
+                            }
+                        }
+                        Ok(None) => self.close = Some(Close::PeerClosed),
+                        Err(e) => self.read_error(e),
+                    }
+                }
+                changed = async { self.work_rx.as_mut().expect("guarded").changed().await }, if self.work_rx.is_some() && self.ready() => {
+                    if changed.is_err() {
+                        self.close = Some(Close::NoUpstream);
+                    } else if let Some(rx) = self.work_rx.as_mut() {
+                        let work = rx.borrow_and_update().clone();
+                        self.on_work(work.as_deref());
+                    }
+                }
+                stored = async {
+                    let u: &mut Unacked = unacked.front_mut().expect("guarded");
+                    // Boxed: the timer lives on the heap only while replies wait, instead of
+                    // in every session's future.
+                    Box::pin(tokio::time::timeout_at(u.deadline.into(), &mut u.stored)).await
+                }, if !unacked.is_empty() => {
+                    let u = unacked.pop_front().expect("guarded");
+                    self.acknowledged(u, matches!(stored, Ok(Ok(()))));
+                    // Those behind it are usually in the same commit.
+                    while let Some(u) = unacked.front_mut() {
+                        let ok = match u.stored.try_recv() {
+                            Ok(()) => true,
+                            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+                            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+                        };
+                        let u = unacked.pop_front().expect("checked");
+                        self.acknowledged(u, ok);
+                    }
+                }
+                text = async { self.messages.as_mut().expect("guarded").recv().await }, if self.messages.is_some() => {
+                    match text {
+                        Ok(text) if self.subscribed => self.out.extend(method_line(
+                            "null",
+                            "client.show_message",
+                            &json!([&*text]),
+                        )),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => self.messages = None,
+                    }
+                }
+                Some((a, v)) = verdicts.next(), if !verdicts.is_empty() => {
+                    self.on_verdict(a, v).await;
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    self.close = Some(if self.ready() { Close::IdleTimeout } else { Close::HandshakeTimeout });
+                }
+                _ = tokio::time::sleep_until(self.first_work_at.unwrap_or_else(Instant::now).into()), if self.first_work_at.is_some() => {
+                    self.first_work_at = None;
+                    if self.last_job_seq == 0 && let Some(rx) = self.work_rx.as_mut() {
+                        let work = rx.borrow_and_update().clone();
+                        self.send_work(work.as_deref(), true);
+                    }
+                }
+                _ = tokio::time::sleep_until(tick_at.into()), if self.vardiff.is_some() && self.ready() => {
+                    if let Some(d) = self.vardiff.as_mut().and_then(|v| v.on_tick(Instant::now())) {
+                        self.change_difficulty(d);
+                    }
+                    self.update_wants();
+                    vardiff_tick = self.shared.config().vardiff.retarget_interval;
+                }
+            }
+            if !self.out.is_empty() {
+                match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&self.out)).await {
+                    Ok(Ok(())) => {
+                        if let Some(t) = self.notify_received_at.take() {
+                            self.shared
+                                .stats
+                                .notify_delay
+                                .observe(t.elapsed().as_secs_f64());
+                        }
+                    }
+                    Ok(Err(e)) => self.close = Some(Close::Io(e.to_string())),
+                    Err(_) => self.close = Some(Close::Io("write timed out".into())),
+                }
+                self.out.clear();
+                if self.out.capacity() > 16 * 1024 {
+                    self.out = Vec::with_capacity(256);
+                }
+            }
+        }
+        verdicts.extend(self.awaiting.drain(..));
+        self.settle_verdicts(verdicts).await;
+        unacked.append(&mut self.unacked);
+        self.settle_unacked(unacked).await;
+        // If the miner can still hear them (a drain, an idle or admin close), the replies
+        // settled on the way out go to it.
+        let open = !matches!(self.close, Some(Close::PeerClosed | Close::Io(_)));
+        if open && !self.out.is_empty() {
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&self.out)).await;
+        }
+        self.out.clear();
+        let _ = w.shutdown().await;
+        self.finish();
+    }
+
+    fn read_error(&mut self, e: ReadError) {
+        let reason = match e {
+            ReadError::Io(e) => {
+                self.close = Some(Close::Io(e.to_string()));
+                return;
+            }
+            ReadError::Line(e) => e.to_string(),
+        };
+        self.shared.stats.protocol_errors.fetch_add(1, Relaxed);
+        tracing::info!(conn = self.id, peer = %self.peer, %reason, "closing connection");
+        self.close = Some(Close::Protocol(reason));
+    }
+
+    fn finish(&mut self) {
+        let reason = self.close.take().unwrap_or(Close::PeerClosed);
+        tracing::debug!(conn = self.id, peer = %self.peer, %reason, "miner disconnected");
+        if !self.prefix.is_empty() {
+            self.shared.allocator.lock().release(&self.prefix);
+        }
+        if let Some(u) = &self.upstream {
+            u.wants.replace(self.wants.take(), None);
+        }
+        for w in &self.workers {
+            // The idle clock starts now.
+            w.stats.touch();
+            w.stats.connections.fetch_sub(1, Relaxed);
+        }
+        let at = SystemTime::now();
+        let workers: Vec<Option<Arc<str>>> = if self.workers.is_empty() {
+            vec![None]
+        } else {
+            self.workers.iter().map(|w| Some(w.name.clone())).collect()
+        };
+        for worker in workers {
+            self.shared
+                .emit(Event::Connection(ConnectionEvent::Disconnected {
+                    at,
+                    connection_id: self.id,
+                    worker,
+                    reason: reason.to_string(),
+                }));
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! How an upstream session is run, from the configuration and the resolved pools.
+
+use crate::upstream::conn::PoolEndpoint;
+use loka_config::{Config, Mode, UpstreamConfig};
+use std::sync::Arc;
+
+/// How an upstream session is run.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub pools: Vec<PoolEndpoint>,
+    pub timing: UpstreamConfig,
+    /// Aggregate mode folds the upstream extranonce1 into miners' coinb1.
+    pub fold: bool,
+    pub prefix_size: usize,
+    pub min_miner_extranonce2: usize,
+    pub max_miner_extranonce2: usize,
+    /// Mask requested from the pool (0: do not negotiate version rolling).
+    pub version_mask: u32,
+    pub max_jobs: usize,
+    /// Submit as `account.worker` (each worker authorized upstream on first use).
+    pub forward_worker_names: bool,
+}
+
+/// Pool endpoints with passwords resolved through `lookup` (the environment, in `main`).
+pub fn resolve_pools(
+    cfg: &Config,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<PoolEndpoint>, String> {
+    cfg.pools
+        .iter()
+        .map(|p| {
+            let password = match (&p.password, &p.password_env) {
+                (Some(pw), _) => pw.clone(),
+                (None, Some(var)) => lookup(var).ok_or_else(|| {
+                    format!(
+                        "pools[{}].password_env: environment variable {var} is not set",
+                        p.name
+                    )
+                })?,
+                (None, None) => "x".to_string(),
+            };
+            Ok(PoolEndpoint {
+                name: Arc::from(p.name.as_str()),
+                host: p.host.clone(),
+                port: p.port,
+                username: p.username.clone(),
+                password,
+            })
+        })
+        .collect()
+}
+
+impl UpstreamSettings {
+    /// The settings `cfg` gives, for `pools` (resolved by [`resolve_pools`]).
+    pub fn from_config(cfg: &Config, pools: Vec<PoolEndpoint>) -> Self {
+        Self {
+            pools,
+            timing: cfg.upstream.clone(),
+            fold: cfg.mining.mode == Mode::Aggregate,
+            prefix_size: cfg.mining.extranonce_prefix_size,
+            min_miner_extranonce2: cfg.mining.min_miner_extranonce2_size,
+            max_miner_extranonce2: cfg.mining.max_miner_extranonce2_size,
+            version_mask: cfg.version_rolling_mask(),
+            max_jobs: cfg.mining.max_jobs,
+            forward_worker_names: cfg.mining.forward_worker_names,
+        }
+    }
+}
