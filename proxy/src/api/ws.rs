@@ -8,7 +8,6 @@ use super::error::ApiError;
 use crate::clock::now_rfc3339;
 use crate::events::{ConnectionEvent, Event};
 use crate::registry::{Admission, Refusal};
-use crate::upstream::Control;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -241,25 +240,15 @@ async fn run_command(st: &ApiState, command: &str, params: &Value) -> Value {
             if let Some(pw) = c.get("password").and_then(Value::as_str) {
                 p.password = pw.to_string();
             }
-            let Some(u) = &st.shared.upstream else {
-                st.shared.set_upstream_pools(pools.clone());
-                *st.pools.write() = pools;
-                return json!({"command": command, "ok": true, "result": {"applied_to": "new passthrough connections"}});
-            };
-            if u.control
-                .send(Control::SetPools(pools.clone()))
-                .await
-                .is_err()
-            {
-                return fail(
-                    "POOL_UNAVAILABLE",
-                    "the upstream task is not running".into(),
-                );
-            }
-            st.shared.set_upstream_pools(pools.clone());
+            let passthrough = st.shared.upstream.is_none();
             let shown: Vec<Value> = pools.iter().map(|p| json!({"name": &*p.name, "host": p.host, "port": p.port, "username": p.username})).collect();
-            *st.pools.write() = pools;
+            if let Err(e) = st.set_pools(pools).await {
+                return fail("POOL_UNAVAILABLE", e.to_string());
+            }
             tracing::info!(pool = name, "admin updated pool configuration");
+            if passthrough {
+                return json!({"command": command, "ok": true, "result": {"applied_to": "new passthrough connections"}});
+            }
             json!({"command": command, "ok": true, "result": {"pools": shown}})
         }
         other => fail(

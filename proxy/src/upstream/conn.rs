@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// A pool with its password resolved.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PoolEndpoint {
     pub name: std::sync::Arc<str>,
     pub host: String,
