@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use loka_config::{Config, Mode};
 use loka_sim::miner::{MinerConfig, MinerHandle, SimMiner};
-use loka_store::testing::{
+use loka_test_support::{
     ShareCounts, fresh_pg_database, pg_start, pg_stop, share_counts, wait_until,
 };
 use std::collections::BTreeMap;
@@ -117,7 +117,7 @@ impl Drop for TempDir {
 }
 
 fn storage(cfg: &mut Config, url: &str, spool: &std::path::Path) {
-    cfg.storage = loka_store::testing::storage_config(url, spool);
+    cfg.storage = loka_test_support::storage_config(url, spool);
 }
 
 /// Starts PostgreSQL again if a failing test left it stopped.

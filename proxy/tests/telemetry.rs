@@ -88,7 +88,7 @@ async fn spans_are_exported_over_otlp_http() {
         upstream.status.submits_accepted.load(Relaxed)
             + upstream.status.submits_rejected.load(Relaxed)
     };
-    loka_store::testing::wait_until("the pool to answer every forwarded share", WAIT, || {
+    loka_test_support::wait_until("the pool to answer every forwarded share", WAIT, || {
         answered() >= 5
     })
     .await;

@@ -18,6 +18,7 @@ pub mod client;
 pub mod miner;
 pub mod pool;
 pub mod share;
+pub mod wait;
 pub mod wire;
 
 pub use miner::{MinerConfig, MinerHandle, MinerStats, SimMiner, StratumClient};

@@ -200,24 +200,14 @@ impl MinerHandle {
         pred: impl Fn(&MinerStats) -> bool,
         timeout: Duration,
     ) -> anyhow::Result<MinerStats> {
-        let mut rx = self.shared.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let s = self.stats();
-            if pred(&s) {
-                return Ok(s);
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                let s = self.stats();
-                if pred(&s) {
-                    return Ok(s);
-                }
-                anyhow::bail!("miner: condition not met within {timeout:?}; stats: {s:?}");
-            }
-        }
+        crate::wait::until(
+            "miner",
+            &self.shared.changed,
+            || self.stats(),
+            pred,
+            timeout,
+        )
+        .await
     }
 
     /// Stop: close the connection and the hashing thread.
@@ -263,7 +253,7 @@ struct WorkSlot {
 
 struct MinerShared {
     stats: Mutex<MinerStats>,
-    changed: watch::Sender<u64>,
+    changed: crate::wait::Changed,
     stop: AtomicBool,
     slot: Mutex<WorkSlot>,
     cv: Condvar,

@@ -197,7 +197,7 @@ struct Shared {
     nbits: u32,
     network_target: U256,
     inner: Mutex<Inner>,
-    changed: watch::Sender<u64>,
+    changed: crate::wait::Changed,
 }
 
 const MAX_JOBS: usize = 32;
@@ -361,24 +361,14 @@ impl MockPool {
         pred: impl Fn(&PoolStats) -> bool,
         timeout: Duration,
     ) -> anyhow::Result<PoolStats> {
-        let mut rx = self.shared.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let s = self.stats();
-            if pred(&s) {
-                return Ok(s);
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
-                    let s = self.stats();
-                    if pred(&s) {
-                        return Ok(s);
-                    }
-                    anyhow::bail!("mock pool: condition not met within {timeout:?}; stats: {s:?}")
-                }
-            }
-        }
+        crate::wait::until(
+            "mock pool",
+            &self.shared.changed,
+            || self.stats(),
+            pred,
+            timeout,
+        )
+        .await
     }
 
     /// Close every connection at once but keep listening, like a pool that restarts its

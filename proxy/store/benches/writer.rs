@@ -45,10 +45,10 @@ fn main() {
     rt.block_on(async move {
         let url = match &sqlite {
             Some(_) => String::new(),
-            None => loka_store::testing::fresh_pg_database().await,
+            None => loka_test_support::fresh_pg_database().await,
         };
         let spool = std::env::temp_dir().join(format!("loka-bench-spool-{}", std::process::id()));
-        let mut cfg = loka_store::testing::storage_config(&url, &spool);
+        let mut cfg = loka_test_support::storage_config(&url, &spool);
         cfg.batch_size = env_or("LOKA_BENCH_BATCH", cfg.batch_size as u32) as usize;
         cfg.max_connections = env_or("LOKA_BENCH_CONNECTIONS", cfg.max_connections);
         if let Some(path) = &sqlite {

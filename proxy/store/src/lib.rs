@@ -20,7 +20,6 @@ pub mod sink;
 pub mod spool;
 pub mod stats;
 #[doc(hidden)]
-pub mod testing;
 pub mod writer;
 
 pub use db::{Backend, DatabaseHealth, MigrationStatus, PoolInfo, Store};

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use loka_store::testing::{fresh_pg_database, pg_start, pg_stop, wait_until};
+use loka_test_support::{fresh_pg_database, pg_start, pg_stop, wait_until};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

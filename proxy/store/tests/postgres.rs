@@ -9,14 +9,14 @@ use loka_store::accounting::{Method, NewEarning};
 use loka_store::events::Event;
 use loka_store::record::{Record, Recorder};
 use loka_store::sink::{Sink, SinkOptions};
-use loka_store::testing::fresh_pg_database;
 use loka_store::{Backend, Store};
+use loka_test_support::fresh_pg_database;
 use sqlx::PgPool;
 use std::time::{Duration, SystemTime};
 
 async fn migrated() -> (Store, PgPool) {
     let url = fresh_pg_database().await;
-    let cfg = loka_store::testing::storage_config(&url, std::path::Path::new("/nonexistent"));
+    let cfg = loka_test_support::storage_config(&url, std::path::Path::new("/nonexistent"));
     let store = Store::open(&cfg).await.unwrap();
     assert_eq!(store.backend(), Backend::Postgres);
     store.upsert_pools(&pools()).await.unwrap();
@@ -40,7 +40,7 @@ async fn refused(pg: &PgPool, sql: impl Into<String>) -> String {
 #[tokio::test]
 async fn migrations_report_their_version_and_are_idempotent() {
     let url = fresh_pg_database().await;
-    let mut cfg = loka_store::testing::storage_config(&url, std::path::Path::new("/x"));
+    let mut cfg = loka_test_support::storage_config(&url, std::path::Path::new("/x"));
     cfg.run_migrations = false;
     let store = Store::open(&cfg).await.unwrap();
     let before = store.migration_status().await.unwrap();
@@ -553,7 +553,7 @@ async fn a_writer_that_starts_with_the_database_up_writes_its_first_shares_direc
             );
         }
         handle.shutdown(Duration::from_secs(5)).await;
-        let counts = loka_store::testing::share_counts(&store_url(&store))
+        let counts = loka_test_support::share_counts(&store_url(&store))
             .await
             .unwrap();
         assert_eq!(

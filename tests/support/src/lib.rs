@@ -1,5 +1,7 @@
-//! Helpers for tests that need a real PostgreSQL (started by `tests/pg.sh`). Not for
-//! production use.
+//! Test support shared by the workspace's tests and benches (a dev-dependency only, never
+//! in a shipped crate): the throwaway PostgreSQL that `tests/pg.sh` starts (fresh databases,
+//! stop and start for fault tests), storage settings with quick timings, what `submissions`
+//! holds, and waiting on a condition with a deadline.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,7 +35,7 @@ pub async fn fresh_pg_database() -> String {
 }
 
 fn pg_sh() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/pg.sh")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pg.sh")
 }
 
 fn pg_dir() -> String {

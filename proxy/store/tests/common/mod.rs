@@ -100,7 +100,7 @@ pub async fn writer_ready(
     spool: &std::path::Path,
     database_ready: bool,
 ) -> (Store, StoreHandle, mpsc::Sender<Event>) {
-    let cfg = loka_store::testing::storage_config(url, spool);
+    let cfg = loka_test_support::storage_config(url, spool);
     let store = Store::open(&cfg).await.expect("store opens");
     store.upsert_pools(&pools()).await.unwrap();
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
