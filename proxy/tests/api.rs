@@ -361,6 +361,12 @@ async fn prometheus_exposition_parses_and_json_has_the_seed_shape() {
         "loka_stratum_upstream_connected",
         Some(("pool_name", "pool0")),
     );
+    for reason in ["connect", "handshake_timeout", "rejects", "no_job"] {
+        find(
+            "loka_stratum_upstream_failures_total",
+            Some(("reason", reason)),
+        );
+    }
     assert!(
         text.contains(
             "loka_stratum_response_time_seconds_bucket{le=\"0.001\",method=\"mining.submit\"}"

@@ -5,6 +5,8 @@ mod common;
 
 use common::*;
 use loka_config::Mode;
+use loka_proxy::runtime::ProxyHandle;
+use loka_proxy::upstream::FailureKind;
 use loka_sim::miner::{MinerConfig, SimMiner};
 use loka_sim::pool::MockPoolConfig;
 use std::sync::atomic::Ordering::Relaxed;
@@ -98,6 +100,28 @@ async fn a_pool_that_rejects_everything_is_failed_over() {
         .unwrap();
     good.wait_for(|p| p.accepted >= 3, WAIT).await.unwrap();
     assert_eq!(m.stats().disconnects, 0);
+    assert_eq!(failures(&proxy, FailureKind::Rejects), 1);
+    let last = proxy
+        .shared
+        .upstream
+        .as_ref()
+        .unwrap()
+        .status
+        .detail
+        .lock()
+        .last_error
+        .clone();
+    assert_eq!(last.as_deref(), Some("pool rejected 3 shares in a row"));
+}
+
+/// Upstream failures of `kind` so far (the `loka_stratum_upstream_failures` counter).
+fn failures(proxy: &ProxyHandle, kind: FailureKind) -> u64 {
+    let status = &proxy.shared.upstream.as_ref().expect("aggregate").status;
+    status
+        .failures()
+        .find(|(k, _)| *k == kind)
+        .expect("listed")
+        .1
 }
 
 #[tokio::test]
@@ -115,6 +139,7 @@ async fn a_pool_that_stops_sending_work_is_failed_over() {
     m.wait_for(|s| s.accepted >= 3, WAIT).await.unwrap();
     assert!(silent.stats().connections_total >= 1);
     assert_eq!(good.stats().connections_current, 1);
+    assert!(failures(&proxy, FailureKind::Handshake) >= 1);
 }
 
 #[tokio::test]
@@ -148,6 +173,7 @@ async fn a_connected_pool_whose_work_goes_stale_is_failed_over() {
             .unwrap_or("")
             .contains("no new job")
     );
+    assert!(failures(&proxy, FailureKind::NoJob) >= 1);
     assert_eq!(m.stats().disconnects, 0);
 }
 

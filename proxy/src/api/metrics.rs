@@ -246,6 +246,14 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
             vec![(vec![], u.status.failovers.load(Relaxed))],
         ));
         counters.push((
+            "loka_stratum_upstream_failures",
+            "Upstream connection attempts and sessions that failed, by reason",
+            u.status
+                .failures()
+                .map(|(kind, n)| (labels(&[("reason", kind.as_str())]), n))
+                .collect(),
+        ));
+        counters.push((
             "loka_stratum_upstream_jobs",
             "Jobs received from the upstream pool",
             vec![(vec![], u.status.jobs_received.load(Relaxed))],

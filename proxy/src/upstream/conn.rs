@@ -2,6 +2,7 @@
 //! and decoding what the pool sends.
 
 use crate::lines::LineReader;
+use crate::upstream::UpstreamError;
 pub use loka_stratum::pool::PoolMessage;
 use loka_stratum::pool::{decode_pool_line, parse_subscribe};
 use loka_stratum::{Difficulty, Job, StratumError};
@@ -64,7 +65,7 @@ impl PoolConn {
         username: &str,
         version_mask: u32,
         timeout: Duration,
-    ) -> Result<PoolConn, String> {
+    ) -> Result<PoolConn, UpstreamError> {
         match tokio::time::timeout(
             timeout,
             Self::handshake(index, pool, username, version_mask),
@@ -72,10 +73,11 @@ impl PoolConn {
         .await
         {
             Ok(r) => r,
-            Err(_) => Err(format!(
-                "handshake with {}:{} timed out after {timeout:?}",
-                pool.host, pool.port
-            )),
+            Err(_) => Err(UpstreamError::HandshakeTimeout {
+                host: pool.host.clone(),
+                port: pool.port,
+                after: timeout,
+            }),
         }
     }
 
@@ -84,10 +86,14 @@ impl PoolConn {
         pool: &PoolEndpoint,
         username: &str,
         version_mask: u32,
-    ) -> Result<PoolConn, String> {
+    ) -> Result<PoolConn, UpstreamError> {
         let stream = TcpStream::connect((pool.host.as_str(), pool.port))
             .await
-            .map_err(|e| format!("connect to {}:{}: {e}", pool.host, pool.port))?;
+            .map_err(|source| UpstreamError::Connect {
+                host: pool.host.clone(),
+                port: pool.port,
+                source,
+            })?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let mut conn = PoolConn {
@@ -123,9 +129,9 @@ impl PoolConn {
         let sub = conn
             .await_response(2)
             .await?
-            .map_err(|e| format!("subscribe refused: {e}"))?;
+            .map_err(UpstreamError::SubscribeRefused)?;
         conn.latency = sent.elapsed();
-        let (en1, en2_size) = parse_subscribe(&sub).map_err(|e| e.to_string())?;
+        let (en1, en2_size) = parse_subscribe(&sub)?;
         conn.extranonce1 = en1;
         conn.extranonce2_size = en2_size;
         let auth = loka_stratum::message::method_line(
@@ -134,14 +140,14 @@ impl PoolConn {
             &json!([username, pool.password]),
         );
         conn.send(&auth).await?;
+        let refused = |reason: String| UpstreamError::AuthorizeRefused {
+            username: username.to_string(),
+            reason,
+        };
         match conn.await_response(3).await? {
             Ok(Value::Bool(true)) => {}
-            Ok(other) => {
-                return Err(format!(
-                    "pool refused authorization of {username:?}: {other}"
-                ));
-            }
-            Err(e) => return Err(format!("pool refused authorization of {username:?}: {e}")),
+            Ok(other) => return Err(refused(other.to_string())),
+            Err(e) => return Err(refused(e.to_string())),
         }
         while conn.latest_job.is_none() {
             let msg = conn.next_message().await?;
@@ -150,15 +156,18 @@ impl PoolConn {
         Ok(conn)
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         self.writer
             .write_all(bytes)
             .await
-            .map_err(|e| format!("write to pool: {e}"))
+            .map_err(UpstreamError::Write)
     }
 
     /// Read until the response to `id`, absorbing notifications on the way.
-    async fn await_response(&mut self, id: u64) -> Result<Result<Value, StratumError>, String> {
+    async fn await_response(
+        &mut self,
+        id: u64,
+    ) -> Result<Result<Value, StratumError>, UpstreamError> {
         loop {
             let msg = self.next_message().await?;
             self.answer(&msg).await?;
@@ -176,13 +185,13 @@ impl PoolConn {
     /// Cancel-safe (it only reads, into a buffer kept across calls), so a `select!` may drop
     /// it; requests the pool expects an answer to are answered by [`Self::answer`], outside
     /// any `select!`, so a write is never left half done.
-    pub async fn next_message(&mut self) -> Result<PoolMessage, String> {
+    pub async fn next_message(&mut self) -> Result<PoolMessage, UpstreamError> {
         let line = match self.reader.next_line().await {
             Ok(Some(line)) => line,
-            Ok(None) => return Err("pool closed the connection".into()),
-            Err(e) => return Err(format!("read from pool: {e}")),
+            Ok(None) => return Err(UpstreamError::Closed),
+            Err(e) => return Err(UpstreamError::Read(e)),
         };
-        let msg = decode_pool_line(&line).map_err(|e| e.to_string())?;
+        let msg = decode_pool_line(&line)?;
         match &msg {
             PoolMessage::Job(job) => self.latest_job = Some((**job).clone()),
             PoolMessage::Difficulty(d) => self.difficulty = *d,
@@ -211,7 +220,7 @@ impl PoolConn {
 
     /// Answer a request from the pool (`mining.ping`, `client.get_version`); nothing for
     /// other messages.
-    pub async fn answer(&mut self, msg: &PoolMessage) -> Result<(), String> {
+    pub async fn answer(&mut self, msg: &PoolMessage) -> Result<(), UpstreamError> {
         let line = match msg {
             PoolMessage::Ping { id } => loka_stratum::message::result_line(id, "\"pong\""),
             PoolMessage::GetVersion { id } => {

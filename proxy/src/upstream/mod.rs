@@ -6,13 +6,15 @@
 //! and forwards the shares miners' sessions send it (batched into one write).
 
 pub mod conn;
+mod error;
 mod settings;
 pub mod work;
 
+pub use error::{FailureKind, UpstreamError};
 pub use settings::{UpstreamSettings, resolve_pools};
 
 use crate::upstream::conn::{PoolConn, PoolEndpoint, PoolMessage};
-use crate::upstream::work::{ExtranonceLayout, LocalJob, Work};
+use crate::upstream::work::{ExtranonceLayout, LayoutError, LocalJob, Work};
 use loka_stratum::{Difficulty, StratumError};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -67,6 +69,8 @@ pub struct UpstreamStatus {
     /// `mining.suggest_difficulty` requests sent to pools (aggregate mode).
     pub difficulty_suggestions: AtomicU64,
     pub last_job_unix_ms: AtomicU64,
+    /// Connection attempts and sessions that failed, by [`FailureKind`].
+    failures: [AtomicU64; FailureKind::ALL.len()],
     pub detail: Mutex<UpstreamDetail>,
 }
 
@@ -76,6 +80,21 @@ pub struct UpstreamDetail {
     pub active_host: Option<String>,
     pub latency: Option<Duration>,
     pub last_error: Option<String>,
+}
+
+impl UpstreamStatus {
+    /// A connection attempt or session failed: shown as `last_error`, counted by kind.
+    fn failed(&self, e: &UpstreamError) {
+        self.failures[e.kind() as usize].fetch_add(1, Relaxed);
+        self.detail.lock().last_error = Some(e.to_string());
+    }
+
+    /// Failures so far, by kind.
+    pub fn failures(&self) -> impl Iterator<Item = (FailureKind, u64)> + '_ {
+        FailureKind::ALL
+            .iter()
+            .map(|k| (*k, self.failures[*k as usize].load(Relaxed)))
+    }
 }
 
 /// Commands from the admin API / config reload.
@@ -174,7 +193,7 @@ enum End {
     Shutdown,
     Failed {
         index: usize,
-        reason: String,
+        reason: UpstreamError,
         lasted: Duration,
     },
     Handover(Box<PoolConn>),
@@ -268,8 +287,8 @@ impl Upstream {
                     reason,
                     lasted,
                 } => {
-                    tracing::warn!(pool = %self.s.pools[index].name, %reason, "upstream pool failed; failing over");
-                    self.status.detail.lock().last_error = Some(reason);
+                    tracing::warn!(pool = %self.s.pools[index].name, %reason, kind = reason.kind().as_str(), "upstream pool failed; failing over");
+                    self.status.failed(&reason);
                     self.status.failovers.fetch_add(1, Relaxed);
                     if lasted > self.s.timing.backoff_max {
                         self.failures[index] = 0;
@@ -357,8 +376,8 @@ impl Upstream {
                 match result {
                     Ok(c) => return Some(Box::new(c)),
                     Err(reason) => {
-                        tracing::warn!(pool = %pool.name, %reason, "upstream connect failed");
-                        self.status.detail.lock().last_error = Some(reason);
+                        tracing::warn!(pool = %pool.name, %reason, kind = reason.kind().as_str(), "upstream connect failed");
+                        self.status.failed(&reason);
                         self.penalise(i);
                     }
                 }
@@ -377,7 +396,7 @@ impl Upstream {
         }
     }
 
-    fn layout(&self, conn: &PoolConn) -> Result<ExtranonceLayout, String> {
+    fn layout(&self, conn: &PoolConn) -> Result<ExtranonceLayout, LayoutError> {
         ExtranonceLayout::new(
             self.s.fold,
             conn.extranonce1.clone(),
@@ -393,14 +412,14 @@ impl Upstream {
         let index = conn.index;
         let pool = self.s.pools[index].clone();
         let started = conn.established_at;
-        let failed = |reason: String| End::Failed {
+        let failed = |reason: UpstreamError| End::Failed {
             index,
             reason,
             lasted: started.elapsed(),
         };
         let mut layout = match self.layout(&conn) {
             Ok(l) => l,
-            Err(e) => return failed(e),
+            Err(e) => return failed(e.into()),
         };
         self.generation += 1;
         let mut generation = self.generation;
@@ -448,7 +467,7 @@ impl Upstream {
                             self.publish_job(&conn, &layout, generation, &mut jobs, &job, job.clean_jobs);
                         }
                         PoolMessage::Extranonce { .. } => {
-                            layout = match self.layout(&conn) { Ok(l) => l, Err(e) => return failed(e) };
+                            layout = match self.layout(&conn) { Ok(l) => l, Err(e) => return failed(e.into()) };
                             // New extranonce: jobs from now on belong to a new generation.
                             self.generation += 1;
                             generation = self.generation;
@@ -484,7 +503,7 @@ impl Upstream {
                                 let _ = tx.send(Verdict::Answered(result));
                             }
                             if consecutive_rejects >= self.s.timing.max_consecutive_rejects {
-                                return failed(format!("pool rejected {consecutive_rejects} shares in a row"));
+                                return failed(UpstreamError::Rejects(consecutive_rejects));
                             }
                         }
                         PoolMessage::ShowMessage(text) => {
@@ -543,7 +562,7 @@ impl Upstream {
                     }
                 }
                 _ = tokio::time::sleep_until(job_deadline.into()) => {
-                    return failed(format!("no new job for {:?}", self.s.timing.job_timeout));
+                    return failed(UpstreamError::NoJob(self.s.timing.job_timeout));
                 }
                 _ = tick.tick() => {
                     if self.s.fold && let Err(e) = self.suggest_difficulty(&mut conn, &pool, &mut suggested, &mut ignored_said).await {
@@ -578,7 +597,7 @@ impl Upstream {
         pool: &PoolEndpoint,
         suggested: &mut Option<(Difficulty, Instant)>,
         ignored_said: &mut bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), UpstreamError> {
         let Some(want) = self.wants.highest().filter(|w| *w > conn.difficulty) else {
             return Ok(());
         };

@@ -28,6 +28,27 @@ pub struct ExtranonceLayout {
     pub padding: usize,
 }
 
+/// Why a pool's extranonce cannot be split for miners.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "pool gives extranonce2_size {size}; {prefix} prefix bytes leave {room}, below the minimum {min}"
+    )]
+    TooSmall {
+        size: usize,
+        prefix: usize,
+        room: usize,
+        min: usize,
+    },
+    #[error("pool extranonce2_size {0} is larger than {max}", max = ShareKey::MAX_EXTRANONCE)]
+    Extranonce2TooLarge(usize),
+    #[error(
+        "pool extranonce1 of {0} bytes is longer than the {max} a passthrough miner can be given",
+        max = ShareKey::MAX_EXTRANONCE
+    )]
+    Extranonce1TooLong(usize),
+}
+
 impl ExtranonceLayout {
     /// Work out the split, or why this upstream session cannot serve miners.
     pub fn new(
@@ -37,29 +58,25 @@ impl ExtranonceLayout {
         prefix_size: usize,
         min_miner: usize,
         max_miner: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, LayoutError> {
         let prefix_size = if fold { prefix_size } else { 0 };
         let room = upstream_extranonce2_size.saturating_sub(prefix_size);
         if room < min_miner {
-            return Err(format!(
-                "pool gives extranonce2_size {upstream_extranonce2_size}; {prefix_size} prefix bytes leave {room}, below the minimum {min_miner}"
-            ));
+            return Err(LayoutError::TooSmall {
+                size: upstream_extranonce2_size,
+                prefix: prefix_size,
+                room,
+                min: min_miner,
+            });
         }
         let miner = if fold { room.min(max_miner) } else { room };
         if miner > ShareKey::MAX_EXTRANONCE {
-            return Err(format!(
-                "pool extranonce2_size {upstream_extranonce2_size} is larger than {}",
-                ShareKey::MAX_EXTRANONCE
-            ));
+            return Err(LayoutError::Extranonce2TooLarge(upstream_extranonce2_size));
         }
         // Passthrough miners are handed the pool's extranonce1 as it is; aggregate folds it
         // into the coinbase, whatever its length.
         if !fold && upstream_extranonce1.len() > ShareKey::MAX_EXTRANONCE {
-            return Err(format!(
-                "pool extranonce1 of {} bytes is longer than the {} a passthrough miner can be given",
-                upstream_extranonce1.len(),
-                ShareKey::MAX_EXTRANONCE
-            ));
+            return Err(LayoutError::Extranonce1TooLong(upstream_extranonce1.len()));
         }
         Ok(Self {
             fold,
@@ -236,7 +253,8 @@ mod tests {
         // A 17-byte extranonce1: folded in aggregate, refused by name in passthrough.
         assert!(ExtranonceLayout::new(true, vec![1; 17], 8, 2, 2, 8).is_ok());
         let e = ExtranonceLayout::new(false, vec![1; 17], 8, 2, 2, 8).unwrap_err();
-        assert!(e.contains("extranonce1 of 17 bytes"), "{e}");
+        assert_eq!(e, LayoutError::Extranonce1TooLong(17));
+        assert!(e.to_string().contains("extranonce1 of 17 bytes"), "{e}");
         assert!(ExtranonceLayout::new(false, vec![1; 16], 8, 2, 2, 8).is_ok());
     }
 
