@@ -6,6 +6,7 @@ use crate::context::Shared;
 use crate::events::{ConnectionEvent, Event};
 use crate::registry::Admission;
 use crate::session::Session;
+use loka_config::Backoff;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,9 @@ use tracing::Instrument;
 
 /// Accept miners until drained; returns when the listener is closed.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(5);
+    // EMFILE and friends: wait a little instead of spinning.
+    let backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
+    let mut failures = 0;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -23,14 +26,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let (stream, peer) = match accepted {
             Ok(x) => {
-                backoff = Duration::from_millis(5);
+                failures = 0;
                 x
             }
             Err(e) => {
-                // EMFILE and friends: wait a little instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                failures += 1;
+                tokio::time::sleep(backoff.delay(failures)).await;
                 continue;
             }
         };

@@ -103,8 +103,7 @@ fn key<K: Resource>(obj: &K) -> String {
 
 /// Delay before retrying after `failures` consecutive errors: 5 s, 10 s, 20 s, … ≤ 5 min.
 pub fn backoff(failures: u32) -> Duration {
-    let shift = failures.saturating_sub(1).min(16);
-    MIN_BACKOFF.saturating_mul(1 << shift).min(MAX_BACKOFF)
+    loka_config::Backoff::new(MIN_BACKOFF, MAX_BACKOFF).delay(failures)
 }
 
 /// An Event to publish about a StratumProxy.

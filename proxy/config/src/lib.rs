@@ -6,8 +6,10 @@
 //! [`Config::validate`] reports every problem at once, each naming its field.
 
 mod api;
+mod backoff;
 
 pub use api::{AdminConfig, EndpointLimit, MetricsConfig, RateLimitConfig, TelemetryConfig};
+pub use backoff::Backoff;
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -161,6 +163,13 @@ pub struct UpstreamConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub response_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// Reconnect schedule for a failing pool: `backoff_initial` doubling up to `backoff_max`.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_initial, self.backoff_max)
+    }
 }
 
 /// One upstream pool.

@@ -4,7 +4,7 @@
 use crate::lines::LineReader;
 use crate::upstream::UpstreamError;
 pub use loka_stratum::pool::PoolMessage;
-use loka_stratum::pool::{decode_pool_line, parse_subscribe};
+use loka_stratum::pool::{decode_pool_line, granted_mask, parse_subscribe};
 use loka_stratum::{Difficulty, Job, StratumError};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -206,13 +206,7 @@ impl PoolConn {
             PoolMessage::Response {
                 id: 1,
                 result: Ok(v),
-            } if v.get("version-rolling").and_then(Value::as_bool) == Some(true) => {
-                self.version_mask = v
-                    .get("version-rolling.mask")
-                    .and_then(Value::as_str)
-                    .and_then(|m| u32::from_str_radix(m, 16).ok())
-                    .unwrap_or(0);
-            }
+            } => self.version_mask = granted_mask(v),
             _ => {}
         }
         Ok(msg)

@@ -15,6 +15,7 @@ pub use settings::{UpstreamSettings, resolve_pools};
 
 use crate::upstream::conn::{PoolConn, PoolEndpoint, PoolMessage};
 use crate::upstream::work::{ExtranonceLayout, LayoutError, LocalJob, Work};
+use loka_config::Backoff;
 use loka_stratum::{Difficulty, StratumError};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -320,15 +321,6 @@ impl Upstream {
         self.work_tx.send_replace(None);
     }
 
-    fn backoff(&self, failures: u32) -> Duration {
-        let t = &self.s.timing;
-        let exp = t
-            .backoff_initial
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-        let base = exp.min(t.backoff_max);
-        base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
-    }
-
     fn apply(&mut self, c: Control) {
         match c {
             Control::SetPools(pools) => {
@@ -343,7 +335,12 @@ impl Upstream {
 
     fn penalise(&mut self, index: usize) {
         self.failures[index] = self.failures[index].saturating_add(1);
-        self.next_try[index] = Instant::now() + self.backoff(self.failures[index]);
+        let wait = self
+            .s
+            .timing
+            .backoff()
+            .jittered(self.failures[index], rand::random());
+        self.next_try[index] = Instant::now() + wait;
     }
 
     /// Connect to the highest-priority pool that is not backing off; wait when all are.
@@ -713,10 +710,12 @@ impl Upstream {
                     }
                 }
                 failures = failures.saturating_add(1);
-                let wait = timing
-                    .backoff_initial
-                    .saturating_mul(1 << failures.min(16))
-                    .min(timing.backoff_max.max(timing.failback_after));
+                // Probes may wait as long as a failback takes.
+                let probes = Backoff::new(
+                    timing.backoff_initial,
+                    timing.backoff_max.max(timing.failback_after),
+                );
+                let wait = probes.delay(failures.saturating_add(1));
                 tokio::time::sleep(wait).await;
             }
         }

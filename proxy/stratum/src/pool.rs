@@ -3,7 +3,7 @@
 
 use crate::error::StratumError;
 use crate::job::Job;
-use crate::message::{Envelope, MessageError, decode_error};
+use crate::message::{Envelope, MessageError, decode_error, hex_u32};
 use crate::target::Difficulty;
 use serde_json::Value;
 
@@ -73,6 +73,19 @@ fn valid_host(h: &str) -> bool {
 }
 
 /// The `(extranonce1, extranonce2_size)` of a `mining.subscribe` result.
+/// The version-rolling mask a pool granted in its `mining.configure` result; 0 when it
+/// granted none (refused, absent, or a mask that is not hex).
+pub fn granted_mask(result: &Value) -> u32 {
+    if result.get("version-rolling").and_then(Value::as_bool) != Some(true) {
+        return 0;
+    }
+    result
+        .get("version-rolling.mask")
+        .and_then(Value::as_str)
+        .and_then(|m| hex_u32(m, "version-rolling.mask").ok())
+        .unwrap_or(0)
+}
+
 pub fn parse_subscribe(v: &Value) -> Result<(Vec<u8>, usize), PoolLineError> {
     let bad = |reason: &str| params("mining.subscribe", reason);
     let a = v.as_array().ok_or_else(|| bad("result is not an array"))?;
@@ -144,7 +157,7 @@ pub fn decode_pool_line(line: &[u8]) -> Result<PoolMessage, PoolLineError> {
         "mining.set_version_mask" => PoolMessage::VersionMask(
             p.get(0)
                 .and_then(Value::as_str)
-                .and_then(|m| u32::from_str_radix(m, 16).ok())
+                .and_then(|m| hex_u32(m, "mask").ok())
                 .ok_or_else(|| params("mining.set_version_mask", "expected a hex mask"))?,
         ),
         "client.reconnect" => {
@@ -195,6 +208,19 @@ pub fn decode_pool_line(line: &[u8]) -> Result<PoolMessage, PoolLineError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_granted_mask_is_read_from_a_configure_result_or_zero() {
+        use serde_json::json;
+        let granted = json!({"version-rolling": true, "version-rolling.mask": "0000e000"});
+        assert_eq!(granted_mask(&granted), 0x0000_e000);
+        assert_eq!(granted_mask(&json!({"version-rolling": false})), 0);
+        assert_eq!(granted_mask(&json!({"version-rolling": true})), 0);
+        let bad = json!({"version-rolling": true, "version-rolling.mask": "+1fffe000"});
+        assert_eq!(granted_mask(&bad), 0);
+        assert_eq!(granted_mask(&json!(null)), 0);
+    }
+
     use super::*;
     use serde_json::json;
 
