@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The seed's Python client example, as written, plus a main that uses it against a proxy.
+"""A minimal Python Stratum client (the published example, unchanged), plus a main that uses it against a proxy.
 
     python3 examples/python/stratum_client.py 127.0.0.1 3333 alice.rig1
 """

@@ -1,4 +1,4 @@
-//! The seed's Rust client example, as written, plus a main that uses it against a proxy:
+//! A minimal Rust Stratum client (the published example, unchanged), plus a main that uses it against a proxy:
 //! `cargo run -p loka-proxy --example stratum_client -- 127.0.0.1 3333 alice.rig1`
 
 use serde_json::json;

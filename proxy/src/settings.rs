@@ -99,7 +99,7 @@ pub enum EarningsCommand {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
-    /// Per-miner earnings summary (the seed's "Get Miner Earnings Summary").
+    /// Per-miner earnings summary (accepted shares, difficulty and payouts per miner).
     Summary,
 }
 

@@ -112,7 +112,7 @@ fn has_keys(v: &Value, want: &[&str]) {
 }
 
 #[tokio::test]
-async fn health_endpoints_have_the_seed_shapes() {
+async fn health_endpoints_answer_in_their_json_shapes() {
     let mut f = fixture_with(|_| {}).await;
     f.mine(&["alice.rig1"]);
     f.miners[0]
@@ -309,7 +309,7 @@ async fn stats_and_workers_report_real_mining() {
 }
 
 #[tokio::test]
-async fn prometheus_exposition_parses_and_json_has_the_seed_shape() {
+async fn prometheus_exposition_parses_and_json_has_counters_gauges_histograms() {
     let mut f = fixture_with(|_| {}).await;
     f.mine(&["alice.rig1"]);
     f.miners[0]

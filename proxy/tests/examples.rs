@@ -1,4 +1,4 @@
-//! The seed's client examples (Rust, Python, JavaScript) run as written against a live proxy.
+//! The example clients (Rust, Python, JavaScript) run unchanged against a live proxy.
 
 mod common;
 
@@ -46,7 +46,7 @@ fn check(v: &Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_examples_run_against_a_live_proxy() {
+async fn example_clients_run_unchanged_against_a_live_proxy() {
     let pool = pool().await;
     let mut cfg = config(&[pool.addr()], Mode::Aggregate);
     cfg.api.enabled = true;

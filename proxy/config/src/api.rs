@@ -48,7 +48,7 @@ pub struct EndpointLimit {
     pub window: Duration,
 }
 
-/// Rate limiting of the HTTP API per client IP (the seed's `[rate_limiting]`).
+/// Rate limiting of the HTTP API per client IP (`[rate_limiting]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {

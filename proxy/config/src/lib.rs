@@ -56,7 +56,7 @@ pub struct ServerConfig {
     #[schemars(with = "String")]
     pub idle_timeout: Duration,
     /// Pause between the authorize reply and the first `set_difficulty`/`notify`, so simple
-    /// clients that read one reply per request (the seed's examples) get it alone. 0 = none.
+    /// clients that read one reply per request (the example clients) get it alone. 0 = none.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub first_work_delay: Duration,

@@ -1,4 +1,4 @@
-//! The seed's JSON error object: `{"error": {"code", "message", "details"}}` with categories
+//! The API's JSON error object: `{"error": {"code", "message", "details"}}` with categories
 //! `CONNECTION_*`, `AUTH_*`, `PROTOCOL_*`, `POOL_*`, `DATABASE_*`, `CONFIG_*`, `VALIDATION_*`.
 //! Clients get a generic message; details that could leak internals go to the log.
 

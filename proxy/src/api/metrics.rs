@@ -1,7 +1,7 @@
 //! `/metrics/prometheus` (prometheus-client, encoded at scrape time from the live counters)
-//! and `/metrics/json` (the seed's counters/gauges/histograms shape).
+//! and `/metrics/json` (counters, gauges, histograms).
 //!
-//! Per-worker series follow the seed's names and labels, behind `metrics.per_worker_labels`
+//! Per-worker series are labelled by worker and pool, behind `metrics.per_worker_labels`
 //! and capped at `metrics.max_worker_series` (the rest are summed as `worker_name="_other"`);
 //! nothing is ever labelled by IP.
 

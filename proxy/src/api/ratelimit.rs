@@ -1,6 +1,6 @@
 //! Per-client-IP rate limiting (GCRA via `governor`), one limiter per configured endpoint
 //! pattern plus the default; every answer carries `X-RateLimit-Limit/Remaining/Reset/Window`,
-//! and a refusal is the seed's 429 body.
+//! and a refusal is a 429 with the API's JSON error body.
 
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};

@@ -9,7 +9,7 @@ pub trait StoreProbe: Send + Sync + 'static {
     fn ready(&self) -> bool;
     /// The database itself answers (else shares are going to the spool).
     fn database_up(&self) -> bool;
-    /// Body of `/health/database` (the seed's shape).
+    /// Body of `/health/database`.
     fn health(&self) -> futures::future::BoxFuture<'_, Value>;
     /// Events waiting in the writer's queue (not yet in the database or the spool).
     fn queue_depth(&self) -> u64;

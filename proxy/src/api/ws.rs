@@ -71,7 +71,7 @@ pub async fn metrics_events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-/// An event as the seed's `/events/connections` shows it.
+/// An event as `/events/connections` shows it.
 pub fn event_json(e: &Event, pool: &str) -> Value {
     match e {
         Event::Connection(ConnectionEvent::Connected {

@@ -65,7 +65,7 @@ pub struct QueryPerformance {
     pub slow_queries: u64,
 }
 
-/// The seed's `GET /health/database` body.
+/// The `GET /health/database` body.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DatabaseHealth {
     /// `healthy`, `degraded` (reachable, but the writer is spooling or failing) or `unhealthy`.
@@ -236,7 +236,7 @@ impl Store {
         })
     }
 
-    /// The seed's `/health/database`; `writer` adds the writer's view (batch latency, errors).
+    /// The `/health/database` body; `writer` adds the writer's view (batch latency, errors).
     pub async fn health(&self, writer: Option<&crate::StoreStatus>) -> DatabaseHealth {
         let (size, idle) = match &self.db {
             Db::Postgres(p) => (p.size(), p.num_idle() as u32),

@@ -8,7 +8,7 @@
 //! - [`sink`]: writing one batch of records (idempotent, worker/miner upserts).
 //! - [`writer`]: the task between the event queue and the database ([`StoreHandle`]).
 //! - [`accounting`]: earnings and their proportional / PPLNS distribution, exact to the satoshi.
-//! - [`stats`]: the read side for the API (worker and pool statistics, the seed's queries).
+//! - [`stats`]: the read side for the API (worker and pool statistics, reporting queries).
 //!
 //! See `proxy/store/README.md` for the design.
 

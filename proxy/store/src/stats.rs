@@ -1,5 +1,5 @@
 //! The read side for the API: per-worker and per-pool statistics from the database (history
-//! that survives a restart), and the seed's three "Common Queries".
+//! that survives a restart), and three fixed reporting queries (active workers by pool, pool performance, miner earnings).
 //!
 //! Every per-worker query is driven from `workers` and reaches `submissions` through the
 //! unique key's index `(worker_id, submitted_at, …)`, so it reads only that worker's rows in
@@ -17,7 +17,7 @@ use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 use std::time::Duration;
 
-/// The seed's "Get Active Workers by Pool", verbatim (PostgreSQL).
+/// Active workers by pool (PostgreSQL).
 pub const ACTIVE_WORKERS_BY_POOL: &str = r#"SELECT 
     w.worker_name,
     m.username,
@@ -35,7 +35,7 @@ WHERE w.active = true
 GROUP BY w.id, w.worker_name, m.username, w.connected_at, w.last_activity
 ORDER BY w.last_activity DESC;"#;
 
-/// The seed's "Get Pool Performance Statistics", verbatim (PostgreSQL).
+/// Pool performance statistics (PostgreSQL).
 pub const POOL_PERFORMANCE: &str = r#"SELECT 
     p.name,
     COUNT(DISTINCT w.id) as active_workers,
@@ -54,7 +54,7 @@ WHERE p.active = true
 GROUP BY p.id, p.name
 ORDER BY active_workers DESC;"#;
 
-/// The seed's "Get Miner Earnings Summary", verbatim (PostgreSQL).
+/// Miner earnings summary (PostgreSQL).
 pub const MINER_EARNINGS_SUMMARY: &str = r#"SELECT 
     m.username,
     m.btc_address,
@@ -252,7 +252,7 @@ fn sum_list(list: Option<&str>) -> Decimal {
 }
 
 impl Store {
-    /// The seed's "Get Active Workers by Pool".
+    /// Active workers by pool.
     pub async fn active_workers_by_pool(&self, pool: &str) -> Result<Vec<ActiveWorker>> {
         match &self.db {
             Db::Postgres(p) => {
@@ -300,7 +300,7 @@ impl Store {
         }
     }
 
-    /// The seed's "Get Pool Performance Statistics".
+    /// Pool performance statistics.
     pub async fn pool_performance(&self) -> Result<Vec<PoolPerformance>> {
         match &self.db {
             Db::Postgres(p) => {
@@ -343,7 +343,7 @@ impl Store {
         }
     }
 
-    /// The seed's "Get Miner Earnings Summary".
+    /// Miner earnings summary.
     pub async fn miner_earnings_summary(&self) -> Result<Vec<MinerEarnings>> {
         match &self.db {
             Db::Postgres(p) => {

@@ -1,6 +1,6 @@
 //! Against a real PostgreSQL (`eval "$(tests/pg.sh up)"` first): schema, constraints,
-//! cascades, the unique key, partitions and retention, the writer, accounting, the seed's
-//! common queries and the read side's plans. Each test gets its own database.
+//! cascades, the unique key, partitions and retention, the writer, accounting, the three
+//! reporting queries and the read side's plans. Each test gets its own database.
 
 mod common;
 
@@ -303,7 +303,7 @@ async fn partitions_are_made_ahead_and_retention_drops_old_ones() {
 }
 
 #[tokio::test]
-async fn distributions_sum_to_the_satoshi_and_the_seed_queries_answer() {
+async fn distributions_sum_to_the_satoshi_and_the_reporting_queries_answer() {
     let (store, pg) = migrated().await;
     let spool = tempfile::tempdir().unwrap();
     let (_s, handle, tx) = writer(&store_url(&store), spool.path()).await;
@@ -408,7 +408,7 @@ async fn distributions_sum_to_the_satoshi_and_the_seed_queries_answer() {
     assert_eq!(by["b"], d("1.25"));
     assert!(!by.contains_key("a"));
 
-    // The seed's three common queries, verbatim.
+    // The three reporting queries.
     let workers = store.active_workers_by_pool("main").await.unwrap();
     assert_eq!(workers.len(), 4);
     let d1 = workers.iter().find(|w| w.worker_name == "d.1").unwrap();

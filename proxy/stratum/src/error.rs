@@ -1,4 +1,4 @@
-//! Stratum V1 error codes, as the seed contract lists them.
+//! Stratum V1 error codes (20–25) and their messages.
 
 use std::fmt;
 
@@ -9,7 +9,7 @@ pub struct StratumError {
     pub message: String,
 }
 
-/// The codes 20–25 of the seed contract.
+/// The codes 20–25 miners and pools use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     Other = 20,

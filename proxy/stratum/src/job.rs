@@ -1,6 +1,6 @@
 //! A `mining.notify` job and the 80-byte block header a share commits to.
 //!
-//! Byte order (DESIGN.md): coinbase = coinb1 ‖ extranonce1 ‖ extranonce2 ‖ coinb2;
+//! Byte order: coinbase = coinb1 ‖ extranonce1 ‖ extranonce2 ‖ coinb2;
 //! root = sha256d(coinbase), then root = sha256d(root ‖ branch) for each branch as given;
 //! header = LE32(version) ‖ prevhash (each 4-byte word of the notify hex byte-reversed) ‖ root
 //! ‖ LE32(ntime) ‖ LE32(nbits) ‖ LE32(nonce), the u32 fields read from big-endian hex.

@@ -292,8 +292,8 @@ pub fn result_line(id: &str, result: &str) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// `{"id":<id>,"result":null,"error":[code,"message",null]}\n`. For rejected submits the seed
-/// shows `"result":false`; pass `result = "false"` there.
+/// `{"id":<id>,"result":null,"error":[code,"message",null]}\n`. Rejected submits carry
+/// `"result":false` (what miners and pools send); pass `result = "false"` there.
 pub fn error_line(id: &str, result: &str, err: &StratumError) -> Vec<u8> {
     let msg = serde_json::to_string(&err.message).unwrap_or_else(|_| "\"error\"".into());
     let mut s = String::with_capacity(60 + id.len() + msg.len());
@@ -471,7 +471,7 @@ mod tests {
     }
 
     #[test]
-    fn error_lines_match_the_seed() {
+    fn error_lines_carry_code_message_and_null() {
         let line = error_line("3", "false", &StratumError::low_difficulty());
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(
