@@ -8,7 +8,7 @@ use crate::stats::Stats;
 use crate::upstream::{UpstreamHandle, UpstreamSettings};
 use loka_config::{Config, Mode};
 use loka_stratum::Difficulty;
-use loka_stratum::extranonce::ExtranonceAllocator;
+use loka_stratum::extranonce::{ExtranonceAllocator, ExtranonceError};
 use loka_stratum::vardiff::VardiffConfig;
 use parking_lot::{Mutex, RwLock};
 use std::net::SocketAddr;
@@ -52,9 +52,8 @@ impl Shared {
         events_enabled: bool,
         upstream_settings: UpstreamSettings,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Shared>, String> {
-        let allocator = ExtranonceAllocator::new(config.mining.extranonce_prefix_size)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Arc<Shared>, ExtranonceError> {
+        let allocator = ExtranonceAllocator::new(config.mining.extranonce_prefix_size)?;
         let mode = config.mining.mode;
         let upstream = (mode == Mode::Aggregate)
             .then(|| crate::upstream::spawn(upstream_settings.clone(), shutdown.child_token()));

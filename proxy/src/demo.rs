@@ -63,7 +63,7 @@ pub async fn run(o: &Overrides, miners: usize, seconds: u64) -> anyhow::Result<(
         pool.addr()
     );
     let cfg = demo_config(o, pool.addr())?;
-    let pools = resolve_pools(&cfg, |_| None).map_err(anyhow::Error::msg)?;
+    let pools = resolve_pools(&cfg, |_| None)?;
     let drain = cfg.server.drain_timeout;
     if cfg.storage.database_url.is_empty() {
         std::fs::create_dir_all(".loka-data")?;

@@ -115,8 +115,7 @@ fn main() -> ExitCode {
 async fn run(cfg: Config, reload: Option<loka_proxy::api::ReloadSource>) -> anyhow::Result<()> {
     // Before anything listens: a SIGTERM that arrives while starting still drains.
     let stop = shutdown_signal()?;
-    let pools = loka_proxy::upstream::resolve_pools(&cfg, |var| std::env::var(var).ok())
-        .map_err(anyhow::Error::msg)?;
+    let pools = loka_proxy::upstream::resolve_pools(&cfg, |var| std::env::var(var).ok())?;
     let drain_timeout = cfg.server.drain_timeout;
     let storage = if cfg.storage.enabled {
         Some(loka_proxy::runtime::start_storage(&cfg).await?)

@@ -62,8 +62,7 @@ pub async fn start(
         enabled,
         settings,
         shutdown.clone(),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let tracker = shared.tracker.clone();
     let (api, api_addr) = if shared.config().api.enabled {
         let cfg = shared.config();
@@ -72,8 +71,7 @@ pub async fn start(
             .await
             .with_context(|| format!("bind HTTP API on {addr}"))?;
         let api_addr = listener.local_addr()?;
-        let state = crate::api::state(shared.clone(), settings_pools(&shared), shutdown.clone())
-            .map_err(anyhow::Error::msg)?;
+        let state = crate::api::state(shared.clone(), settings_pools(&shared), shutdown.clone())?;
         tokio::spawn(crate::api::serve(listener, state.clone(), shutdown.clone()));
         tracing::info!(%api_addr, "HTTP API up");
         (Some(state), Some(api_addr))

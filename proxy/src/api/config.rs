@@ -82,7 +82,7 @@ pub(super) async fn config_reload(
             "CONFIG_INVALID",
             "The new configuration is invalid; the old one stays in force",
         )
-        .with_details(json!({ "errors": [e] }))
+        .with_details(json!({ "errors": [e.to_string()] }))
     })?;
     let crate::reload::ReloadPlan {
         config: new,

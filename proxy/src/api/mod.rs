@@ -60,31 +60,41 @@ pub struct ApiState {
     pub pools: RwLock<Vec<crate::upstream::conn::PoolEndpoint>>,
 }
 
+/// A secret the admin API needs is missing or too short.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("{field}: {var} is not set")]
+    NotSet { field: &'static str, var: String },
+    #[error("admin.jwt_secret_env: {0} must hold at least 32 bytes")]
+    TooShort(String),
+}
+
 /// Build the state: the JWT secret comes from `admin.jwt_secret_env` (≥ 32 bytes) or is
 /// random per process.
 pub fn state(
     shared: Arc<Shared>,
     pools: Vec<crate::upstream::conn::PoolEndpoint>,
     stop: CancellationToken,
-) -> Result<Arc<ApiState>, String> {
+) -> Result<Arc<ApiState>, SecretError> {
     let cfg = shared.config();
     let secret = match &cfg.admin.jwt_secret_env {
         Some(var) => {
-            let s = std::env::var(var)
-                .map_err(|_| format!("admin.jwt_secret_env: {var} is not set"))?;
+            let s = std::env::var(var).map_err(|_| SecretError::NotSet {
+                field: "admin.jwt_secret_env",
+                var: var.clone(),
+            })?;
             if s.len() < 32 {
-                return Err(format!(
-                    "admin.jwt_secret_env: {var} must hold at least 32 bytes"
-                ));
+                return Err(SecretError::TooShort(var.clone()));
             }
             s.into_bytes()
         }
         None => (0..32).map(|_| rand::random::<u8>()).collect(),
     };
     let hash = match &cfg.admin.password_hash_env {
-        Some(var) => Some(
-            std::env::var(var).map_err(|_| format!("admin.password_hash_env: {var} is not set"))?,
-        ),
+        Some(var) => Some(std::env::var(var).map_err(|_| SecretError::NotSet {
+            field: "admin.password_hash_env",
+            var: var.clone(),
+        })?),
         None => Some(cfg.admin.password_hash.clone()),
     };
     let auth = Auth::new(

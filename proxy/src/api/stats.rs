@@ -146,7 +146,7 @@ fn store_for_history(st: &ApiState) -> Result<&Arc<dyn StoreProbe>, ApiError> {
     })
 }
 
-fn store_read_error(e: String) -> ApiError {
+fn store_read_error(e: loka_store::Error) -> ApiError {
     tracing::warn!(error = %e, "reading worker history from the store failed");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

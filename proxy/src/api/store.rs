@@ -20,14 +20,20 @@ pub trait StoreProbe: Send + Sync + 'static {
         &self,
         window: Duration,
         limit: i64,
-    ) -> futures::future::BoxFuture<'_, Result<Vec<loka_store::stats::WorkerStats>, String>>;
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<Vec<loka_store::stats::WorkerStats>, loka_store::Error>,
+    >;
     /// One worker's shares over `window` in buckets of `bucket`, from the database.
     fn worker_history(
         &self,
         worker: String,
         window: Duration,
         bucket: Duration,
-    ) -> futures::future::BoxFuture<'_, Result<Vec<loka_store::stats::HistoryPoint>, String>>;
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<Vec<loka_store::stats::HistoryPoint>, loka_store::Error>,
+    >;
 }
 
 impl StoreProbe for loka_store::StoreHandle {
@@ -35,26 +41,22 @@ impl StoreProbe for loka_store::StoreHandle {
         &self,
         window: Duration,
         limit: i64,
-    ) -> futures::future::BoxFuture<'_, Result<Vec<loka_store::stats::WorkerStats>, String>> {
-        Box::pin(async move {
-            self.store()
-                .worker_stats(window, limit, None)
-                .await
-                .map_err(|e| e.to_string())
-        })
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<Vec<loka_store::stats::WorkerStats>, loka_store::Error>,
+    > {
+        Box::pin(async move { self.store().worker_stats(window, limit, None).await })
     }
     fn worker_history(
         &self,
         worker: String,
         window: Duration,
         bucket: Duration,
-    ) -> futures::future::BoxFuture<'_, Result<Vec<loka_store::stats::HistoryPoint>, String>> {
-        Box::pin(async move {
-            self.store()
-                .worker_history(&worker, window, bucket)
-                .await
-                .map_err(|e| e.to_string())
-        })
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<Vec<loka_store::stats::HistoryPoint>, loka_store::Error>,
+    > {
+        Box::pin(async move { self.store().worker_history(&worker, window, bucket).await })
     }
     fn ready(&self) -> bool {
         let s = self.status();

@@ -21,21 +21,27 @@ pub struct UpstreamSettings {
     pub forward_worker_names: bool,
 }
 
+/// A pool's `password_env` names a variable that is not set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pools[{pool}].password_env: environment variable {var} is not set")]
+pub struct MissingPassword {
+    pub pool: String,
+    pub var: String,
+}
+
 /// Pool endpoints with passwords resolved through `lookup` (the environment, in `main`).
 pub fn resolve_pools(
     cfg: &Config,
     lookup: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<PoolEndpoint>, String> {
+) -> Result<Vec<PoolEndpoint>, MissingPassword> {
     cfg.pools
         .iter()
         .map(|p| {
             let password = match (&p.password, &p.password_env) {
                 (Some(pw), _) => pw.clone(),
-                (None, Some(var)) => lookup(var).ok_or_else(|| {
-                    format!(
-                        "pools[{}].password_env: environment variable {var} is not set",
-                        p.name
-                    )
+                (None, Some(var)) => lookup(var).ok_or_else(|| MissingPassword {
+                    pool: p.name.clone(),
+                    var: var.clone(),
                 })?,
                 (None, None) => "x".to_string(),
             };
@@ -64,5 +70,33 @@ impl UpstreamSettings {
             max_jobs: cfg.mining.max_jobs,
             forward_worker_names: cfg.mining.forward_worker_names,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_come_inline_from_the_environment_or_are_named_when_missing() {
+        let cfg = Config::from_toml(include_str!("../../proxy.example.toml")).unwrap();
+        let e = resolve_pools(&cfg, |_| None).unwrap_err();
+        assert_eq!(
+            e,
+            MissingPassword {
+                pool: "main_pool".into(),
+                var: "LOKA_POOL_PASSWORD".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "pools[main_pool].password_env: environment variable LOKA_POOL_PASSWORD is not set"
+        );
+        let pools = resolve_pools(&cfg, |v| {
+            (v == "LOKA_POOL_PASSWORD").then(|| "s3cret".into())
+        })
+        .unwrap();
+        assert_eq!(pools[0].password, "s3cret");
+        assert_eq!(&*pools[0].name, "main_pool");
     }
 }
