@@ -12,8 +12,39 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
-use crate::share::u32_hex;
+use crate::share::{parse_u32_hex, u32_hex};
 use crate::wire::{self, LineReader, id_key};
+
+/// `mining.configure` params asking for version rolling with `mask` (BIP310, at least two
+/// bits), as every simulated miner sends them.
+pub fn configure_params(mask: u32) -> Value {
+    json!([["version-rolling"], {"version-rolling.mask": u32_hex(mask), "version-rolling.min-bit-count": 2}])
+}
+
+/// The mask a `mining.configure` result grants; `None` when version rolling was refused or
+/// the mask is not 8 hex digits.
+pub fn granted_mask(result: &Value) -> Option<u32> {
+    if result.get("version-rolling").and_then(Value::as_bool) != Some(true) {
+        return None;
+    }
+    result
+        .get("version-rolling.mask")
+        .and_then(Value::as_str)
+        .and_then(parse_u32_hex)
+}
+
+/// `mining.set_extranonce` params: the new extranonce1 and extranonce2 size (1..=32).
+pub fn set_extranonce_params(params: &Value) -> Option<(Vec<u8>, usize)> {
+    let en1 = params
+        .get(0)
+        .and_then(Value::as_str)
+        .and_then(|s| hex::decode(s).ok())?;
+    let size = params
+        .get(1)
+        .and_then(Value::as_u64)
+        .filter(|n| (1..=32).contains(n))?;
+    Some((en1, size as usize))
+}
 
 /// A reply to a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,19 +294,12 @@ impl StratumClient {
     /// BIP310 `mining.configure` for version rolling; returns the granted mask.
     pub async fn configure_version_rolling(&mut self, mask: u32) -> anyhow::Result<Option<u32>> {
         let r = self
-            .request(
-                "mining.configure",
-                json!([["version-rolling"], {"version-rolling.mask": u32_hex(mask), "version-rolling.min-bit-count": 2}]),
-            )
+            .request("mining.configure", configure_params(mask))
             .await?;
         if r.result.get("version-rolling").and_then(Value::as_bool) != Some(true) {
             return Ok(None);
         }
-        let granted = r
-            .result
-            .get("version-rolling.mask")
-            .and_then(Value::as_str)
-            .and_then(|s| u32::from_str_radix(s, 16).ok())
+        let granted = granted_mask(&r.result)
             .ok_or_else(|| anyhow!("configure reply without a valid mask: {}", r.result))?;
         Ok(Some(granted))
     }

@@ -601,10 +601,7 @@ impl Session<'_> {
             hello += &self.request(
                 Kind::Configure,
                 "mining.configure",
-                json!([["version-rolling"], {
-                    "version-rolling.mask": u32_hex(self.cfg.version_rolling_mask),
-                    "version-rolling.min-bit-count": 2
-                }]),
+                crate::client::configure_params(self.cfg.version_rolling_mask),
             );
         }
         let sub_params = match &resume {
@@ -752,23 +749,13 @@ impl Session<'_> {
                 }
                 None => self.protocol_error(format!("bad mining.set_difficulty: {params}")),
             },
-            "mining.set_extranonce" => {
-                let en1 = params
-                    .get(0)
-                    .and_then(Value::as_str)
-                    .and_then(|s| hex::decode(s).ok());
-                let size = params
-                    .get(1)
-                    .and_then(Value::as_u64)
-                    .filter(|n| (1..=32).contains(n));
-                match (en1, size) {
-                    (Some(e), Some(n)) => {
-                        self.pending_extranonce = Some((e, n as usize));
-                        self.shared.update(|s| s.set_extranonce_received += 1);
-                    }
-                    _ => self.protocol_error(format!("bad mining.set_extranonce: {params}")),
+            "mining.set_extranonce" => match crate::client::set_extranonce_params(params) {
+                Some(en) => {
+                    self.pending_extranonce = Some(en);
+                    self.shared.update(|s| s.set_extranonce_received += 1);
                 }
-            }
+                None => self.protocol_error(format!("bad mining.set_extranonce: {params}")),
+            },
             "client.reconnect" => {
                 self.shared.update(|s| s.reconnect_requests += 1);
                 if self.cfg.reconnect {
@@ -952,15 +939,7 @@ impl Session<'_> {
             }
             Kind::Configure => {
                 let granted =
-                    if result.get("version-rolling").and_then(Value::as_bool) == Some(true) {
-                        result
-                            .get("version-rolling.mask")
-                            .and_then(Value::as_str)
-                            .and_then(|s| u32::from_str_radix(s, 16).ok())
-                            .map(|m| m & self.cfg.version_rolling_mask)
-                    } else {
-                        None
-                    };
+                    crate::client::granted_mask(&result).map(|m| m & self.cfg.version_rolling_mask);
                 self.mask = granted.unwrap_or(0);
                 self.shared.update(|s| s.version_rolling_mask = granted);
                 self.republish();

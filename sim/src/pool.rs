@@ -822,7 +822,7 @@ impl Shared {
                         let req = opts
                             .and_then(|o| o.get("version-rolling.mask"))
                             .and_then(Value::as_str)
-                            .and_then(|s| u32::from_str_radix(s, 16).ok())
+                            .and_then(crate::share::parse_u32_hex)
                             .unwrap_or(u32::MAX);
                         let mask = pool_mask & req;
                         if let Some(c) = g.conns.get_mut(&conn_id) {

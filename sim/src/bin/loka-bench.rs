@@ -661,7 +661,7 @@ async fn session(ctx: &Ctx, idx: u64, mut stream: TcpStream) -> Result<(), Strin
         hello += &wire::request_line(
             &json!(ID_CONFIGURE),
             "mining.configure",
-            json!([["version-rolling"], {"version-rolling.mask": "1fffe000", "version-rolling.min-bit-count": 2}]),
+            loka_sim::client::configure_params(0x1fff_e000),
         );
     }
     hello += &wire::request_line(
@@ -808,18 +808,9 @@ fn on_line(
                 st.retarget();
             }
             "mining.set_extranonce" => {
-                if let (Some(e), Some(n)) = (
-                    params
-                        .get(0)
-                        .and_then(Value::as_str)
-                        .and_then(|s| hex::decode(s).ok()),
-                    params
-                        .get(1)
-                        .and_then(Value::as_u64)
-                        .filter(|n| (1..=32).contains(n)),
-                ) {
-                    st.en1 = Some(e);
-                    st.en2_size = n as usize;
+                if let Some((en1, size)) = loka_sim::client::set_extranonce_params(params) {
+                    st.en1 = Some(en1);
+                    st.en2_size = size;
                 }
             }
             "client.reconnect" => {
@@ -834,13 +825,8 @@ fn on_line(
     let error = msg.get("error").unwrap_or(&Value::Null);
     match id {
         Some(ID_CONFIGURE) => {
-            if result.get("version-rolling").and_then(Value::as_bool) == Some(true) {
-                st.mask = result
-                    .get("version-rolling.mask")
-                    .and_then(Value::as_str)
-                    .and_then(|s| u32::from_str_radix(s, 16).ok())
-                    .unwrap_or(0)
-                    & 0x1fff_e000;
+            if let Some(mask) = loka_sim::client::granted_mask(result) {
+                st.mask = mask & 0x1fff_e000;
             }
         }
         Some(ID_SUBSCRIBE) => {
