@@ -70,6 +70,7 @@ fn main() {
         let now = SystemTime::now();
         let events: Vec<Event> = (0..shares)
             .map(|i| {
+                let accepted = i % 50 != 0;
                 Event::Share(ShareEvent {
                     at: now + Duration::from_micros(u64::from(i)),
                     connection_id: u64::from(i % workers),
@@ -78,17 +79,11 @@ fn main() {
                     job_id: format_compact!("{:x}", i / 10_000),
                     extranonce1: "0a0b0c0d".into(),
                     extranonce2: format_compact!("{i:016x}"),
-                    ntime: "665f1a2b".into(),
-                    nonce: format_compact!("{:08x}", i.wrapping_mul(2_654_435_761)),
-                    version: Some("20000000".into()),
-                    accepted: i % 50 != 0,
-                    reject_reason: (i % 50 == 0).then_some("low_difficulty"),
+                    reject_reason: (!accepted).then_some("low_difficulty"),
                     difficulty: Decimal::new(16384, 0),
                     hash_difficulty: 20000.0,
-                    block_candidate: false,
-                    block_hash: None,
                     forwarded: true,
-                    durable: None,
+                    ..loka_test_support::share_event("", i.wrapping_mul(2_654_435_761), accepted)
                 })
             })
             .collect();

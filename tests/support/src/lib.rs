@@ -1,7 +1,8 @@
 //! Test support shared by the workspace's tests and benches (a dev-dependency only, never
 //! in a shipped crate): the throwaway PostgreSQL that `tests/pg.sh` starts (fresh databases,
 //! stop and start for fault tests), storage settings with quick timings, what `submissions`
-//! holds, and waiting on a condition with a deadline.
+//! holds, a share event to start a test's events from, and waiting on a condition with a
+//! deadline.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -127,5 +128,33 @@ pub async fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A share event as a proxy emits it for worker `worker` on pool `main`, with `nonce`:
+/// accepted (and forwarded) or rejected as a duplicate. Tests change the fields they care
+/// about with struct update syntax.
+pub fn share_event(worker: &str, nonce: u32, accepted: bool) -> loka_store::events::ShareEvent {
+    use loka_store::compact_str::format_compact;
+    use std::sync::Arc;
+    loka_store::events::ShareEvent {
+        at: std::time::SystemTime::now(),
+        connection_id: 7,
+        worker: Arc::from(worker),
+        pool: Arc::from("main"),
+        job_id: "1a".into(),
+        extranonce1: "0001".into(),
+        extranonce2: "00000000".into(),
+        ntime: "665f1a2b".into(),
+        nonce: format_compact!("{nonce:08x}"),
+        version: Some("20000000".into()),
+        accepted,
+        reject_reason: (!accepted).then_some("duplicate"),
+        difficulty: rust_decimal::Decimal::new(10, 8),
+        hash_difficulty: 1.5,
+        block_candidate: false,
+        block_hash: None,
+        forwarded: accepted,
+        durable: None,
     }
 }

@@ -46,22 +46,15 @@ pub fn share_at(
     Event::Share(ShareEvent {
         at,
         connection_id: 1,
-        worker: Arc::from(worker),
         pool: Arc::from(pool),
         job_id: format_compact!("{:x}", nonce / 1000),
         extranonce1: "00010203".into(),
         extranonce2: "0000000000000001".into(),
-        ntime: "665f1a2b".into(),
-        nonce: format_compact!("{nonce:08x}"),
         version: None,
-        accepted,
         reject_reason: (!accepted).then_some("low_difficulty"),
         difficulty: d(difficulty),
         hash_difficulty: 1.0,
-        block_candidate: false,
-        block_hash: None,
-        forwarded: accepted,
-        durable: None,
+        ..loka_test_support::share_event(worker, nonce, accepted)
     })
 }
 
