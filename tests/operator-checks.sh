@@ -78,7 +78,16 @@ value_sets = {
     "custom": {"proxyImage": "registry.example/loka-proxy:1.2.3", "serviceMonitor": "never",
                "image": {"repository": "registry.example/loka-operator", "tag": "dev"},
                "nodeSelector": {"kubernetes.io/os": "linux"}},
+    "monitoring": {"monitoring": {"prometheusRule": {"create": "always", "labels": {"release": "prometheus"}},
+                                  "operatorServiceMonitor": {"create": "always"},
+                                  "grafanaDashboard": {"namespace": "grafana"}}},
+    "no-monitoring": {"monitoring": {"prometheusRule": {"create": "never"},
+                                     "operatorServiceMonitor": {"create": "never"},
+                                     "grafanaDashboard": {"create": False}}},
 }
+import yaml
+alerts = yaml.safe_load(open(f"{chart_dir}/alerts/loka-stratum.yaml"))
+dashboard = json.load(open(f"{chart_dir}/dashboards/loka-stratum.json"))
 ok = True
 for name, values in value_sets.items():
     report = helm.lint(chart_dir, values, strict=True, kube_version="v" + sys.argv[3])
@@ -92,12 +101,30 @@ for name, values in value_sets.items():
         for path, text in sorted(out.items()):
             if text.strip():
                 f.write(f"---\n# Source: {path}\n{text}\n")
+    docs = [d for t in out.values() for d in yaml.safe_load_all(t) if d]
+    kinds = sorted(d["kind"] for d in docs if d["kind"] in ("PrometheusRule", "ServiceMonitor")
+                   or d["metadata"]["name"].endswith("-dashboard"))
+    want_kinds = {"monitoring": ["ConfigMap", "PrometheusRule", "ServiceMonitor"],
+                  "no-monitoring": []}.get(name, ["ConfigMap"])
+    if kinds != want_kinds:
+        print(f"render {name}: monitoring objects {kinds}, expected {want_kinds}")
+        ok = False
+    for d in docs:
+        if d["kind"] == "PrometheusRule" and d["spec"] != alerts:
+            print(f"render {name}: the PrometheusRule differs from alerts/loka-stratum.yaml")
+            ok = False
+        if d["metadata"]["name"].endswith("-dashboard") and \
+                json.loads(d["data"]["loka-stratum.json"]) != dashboard:
+            print(f"render {name}: the dashboard ConfigMap differs from dashboards/loka-stratum.json")
+            ok = False
     crds = [p for p, t in out.items() if "/crds/" in p and "CustomResourceDefinition" in t]
     want = name != "namespaced"
     if bool(crds) != want:
         print(f"render {name}: CRDs rendered={bool(crds)}, expected {want}")
         ok = False
-for bad in [{"replicaCount": "two"}, {"serviceMonitor": "sometimes"}, {"unknownKey": 1}]:
+for bad in [{"replicaCount": "two"}, {"serviceMonitor": "sometimes"}, {"unknownKey": 1},
+            {"monitoring": {"prometheusRule": {"create": "sometimes"}}},
+            {"monitoring": {"operatorServiceMonitor": {"interval": "often"}}}]:
     try:
         helm.Chart.load(chart_dir).validate_schema(bad)
         print(f"values.schema.json accepted {bad}")

@@ -4,6 +4,8 @@
 //! holds, a share event to start a test's events from, and waiting on a condition with a
 //! deadline.
 
+pub mod observability;
+
 use std::path::PathBuf;
 use std::process::Command;
 
