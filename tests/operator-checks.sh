@@ -3,10 +3,12 @@
 #   1. the generated CRDs (crds/) and the objects the builders generate
 #      (operator/tests/golden/, kept equal to the builders by `cargo test -p loka-operator`)
 #      validate against the Kubernetes 1.33 OpenAPI schemas, strictly (and 1.26 for the CRDs);
-#   2. every kustomize overlay in manifests/overlays/ builds and validates;
+#   2. every kustomize overlay in manifests/overlays/ and example in manifests/examples/
+#      builds and validates;
 #   3. the Helm chart lints (strict) and renders for several value sets, each validating;
 #      values.schema.json rejects bad values;
-#   4. no rendered Role/ClusterRole grants access to Secrets.
+#   4. no rendered Role/ClusterRole grants access to Secrets;
+#   5. the chart README's values table matches values.yaml.
 # Installs its Python tools (kubernetes-validate, helm-python-sdk) when missing.
 # Exits non-zero on any failure; ends with an "N passed, N failed" line.
 set -uo pipefail
@@ -58,7 +60,7 @@ for f in operator/tests/golden/*.yaml; do
 done
 
 # 2. kustomize.
-for overlay in manifests/overlays/*/; do
+for overlay in manifests/overlays/*/ manifests/examples/*/; do
   name=$(basename "$overlay")
   out="$work/kustomize-$name.yaml"
   check "kustomize $name builds" sh -c "kubectl kustomize '$overlay' > '$out'"
@@ -97,6 +99,11 @@ for name, values in value_sets.items():
         ok = False
     chart = helm.Chart.load(chart_dir)
     out = chart.render(values, name="loka", namespace="loka-system", is_install=True)
+    notes = {p: t for p, t in out.items() if p.endswith("NOTES.txt")}
+    if not any("kubectl" in t for t in notes.values()):
+        print(f"render {name}: NOTES.txt missing or empty")
+        ok = False
+    out = {p: t for p, t in out.items() if p not in notes}
     with open(f"{out_dir}/helm-{name}.yaml", "w") as f:
         for path, text in sorted(out.items()):
             if text.strip():
@@ -137,6 +144,8 @@ check "helm lint (strict) and render" python3 "$work/helm.py" charts/loka "$work
 for f in "$work"/helm-*.yaml; do
   [ -e "$f" ] && check "helm $(basename "$f" .yaml) validates" validate "$f"
 done
+
+check "chart README values table matches values.yaml" python3 tests/chart_readme.py --check
 
 # 4. Least privilege: no Secret access in any rendered RBAC.
 cat >"$work/rbac.py" <<'EOF'

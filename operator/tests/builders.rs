@@ -295,3 +295,20 @@ fn an_out_of_range_writer_nice_is_named() {
         );
     }
 }
+
+/// The example farm in `manifests/examples/farm` (what the README and the GitOps examples
+/// apply) decodes into the CRD types, validates, and builds a proxy Deployment.
+#[test]
+fn the_example_farm_is_valid() {
+    let farm = dir().join("../../manifests/examples/farm");
+    let read = |f: &str| std::fs::read_to_string(farm.join(f)).unwrap();
+    let proxy: StratumProxy = serde_yaml::from_str(&read("proxy.yaml")).unwrap();
+    let pool: StratumPool = serde_yaml::from_str(&read("pool.yaml")).unwrap();
+    let config = validate(&proxy, &pool).expect("the example is valid");
+    assert_eq!(config.pools.len(), 2);
+    let objects = build::build(&proxy, &pool, &config, &opts(true));
+    assert_eq!(
+        objects.deployment.spec.as_ref().and_then(|s| s.replicas),
+        Some(3)
+    );
+}
