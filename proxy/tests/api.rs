@@ -866,28 +866,11 @@ async fn stratum_over_websocket_counts_against_the_per_ip_limit() {
 /// for is already stored when it is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_history_is_read_from_the_store_across_a_restart() {
-    let dir = std::env::temp_dir().join(format!(
-        "loka-api-history-{}-{}",
-        std::process::id(),
-        loka_store::uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
     let pool = pool().await;
-    let start = |cfg: Config| async move {
-        let (store, tx) = loka_proxy::runtime::start_storage(&cfg).await.unwrap();
-        let pools = loka_proxy::upstream::resolve_pools(&cfg, |_| None).unwrap();
-        let proxy = loka_proxy::runtime::start(cfg, pools, Some(tx))
-            .await
-            .unwrap();
-        proxy.set_store_probe(store.clone());
-        (proxy, store)
-    };
+    let start = proxy_with_store;
 
     let mut cfg = api_config(&[pool.addr()]);
-    cfg.storage.enabled = true;
-    cfg.storage.database_url = String::new();
-    cfg.storage.sqlite_path = dir.join("loka.db").display().to_string();
-    cfg.storage.spool_dir = dir.join("spool").display().to_string();
+    let dir = embedded_store(&mut cfg, "api-history");
     cfg.storage.acknowledge = loka_config::AckPolicy::Durable;
     let (proxy, store) = start(cfg.clone()).await;
     let miner = SimMiner::spawn(MinerConfig {

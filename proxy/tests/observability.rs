@@ -13,27 +13,13 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
-    let dir = std::env::temp_dir().join(format!(
-        "loka-observability-{}-{}",
-        std::process::id(),
-        loka_store::uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
     let pool = pool().await;
     let mut cfg = config(&[pool.addr()], Mode::Aggregate);
     cfg.api.enabled = true;
     cfg.api.bind_address = "127.0.0.1".into();
     cfg.api.port = 0;
-    cfg.storage.enabled = true;
-    cfg.storage.database_url = String::new();
-    cfg.storage.sqlite_path = dir.join("loka.db").display().to_string();
-    cfg.storage.spool_dir = dir.join("spool").display().to_string();
-    let (store, tx) = loka_proxy::runtime::start_storage(&cfg).await.unwrap();
-    let pools = loka_proxy::upstream::resolve_pools(&cfg, |_| None).unwrap();
-    let proxy = loka_proxy::runtime::start(cfg, pools, Some(tx))
-        .await
-        .unwrap();
-    proxy.set_store_probe(store.clone());
+    let dir = embedded_store(&mut cfg, "observability");
+    let (proxy, store) = proxy_with_store(cfg).await;
     let miner = SimMiner::spawn(MinerConfig {
         hashrate: Some(50_000.0),
         ..MinerConfig::new(proxy.stratum_addr, "dora.rig1")

@@ -65,6 +65,33 @@ pub async fn proxy(cfg: Config) -> ProxyHandle {
     start(cfg, pools, None).await.expect("proxy starts")
 }
 
+/// Record shares in an embedded SQLite store in a new directory (named after `tag`, under
+/// the system's temp dir); returns the directory.
+pub fn embedded_store(cfg: &mut Config, tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "loka-{tag}-{}-{}",
+        std::process::id(),
+        loka_store::uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    cfg.storage.enabled = true;
+    cfg.storage.database_url = String::new();
+    cfg.storage.sqlite_path = dir.join("loka.db").display().to_string();
+    cfg.storage.spool_dir = dir.join("spool").display().to_string();
+    dir
+}
+
+/// Start the share store `cfg` names and a proxy recording into it (the API reads it too).
+pub async fn proxy_with_store(
+    cfg: Config,
+) -> (ProxyHandle, std::sync::Arc<loka_store::StoreHandle>) {
+    let (store, tx) = loka_proxy::runtime::start_storage(&cfg).await.unwrap();
+    let pools = resolve_pools(&cfg, |_| None).unwrap();
+    let proxy = start(cfg, pools, Some(tx)).await.expect("proxy starts");
+    proxy.set_store_probe(store.clone());
+    (proxy, store)
+}
+
 /// Subscribe + authorize a raw client; returns (en1, en2 size, first notify's job).
 pub async fn handshake(c: &mut StratumClient, user: &str) -> (Vec<u8>, usize, Job) {
     let sub = c.subscribe("test/1.0", None).await.unwrap();
