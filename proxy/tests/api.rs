@@ -361,6 +361,12 @@ async fn prometheus_exposition_parses_and_json_has_counters_gauges_histograms() 
         "loka_stratum_upstream_connected",
         Some(("pool_name", "pool0")),
     );
+    // A family without labels (`name{} 0`), which prometheus_parse passes over.
+    assert!(
+        loka_test_support::observability::exported_names(&text)
+            .contains("loka_stratum_upstream_difficulty_suggestions_total"),
+        "{text}"
+    );
     for reason in ["connect", "handshake_timeout", "rejects", "no_job"] {
         find(
             "loka_stratum_upstream_failures_total",

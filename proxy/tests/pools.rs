@@ -360,6 +360,13 @@ async fn a_pool_that_takes_suggest_difficulty_lets_miners_rise() {
         .unwrap();
     let p = pool.stats();
     assert!(p.suggests >= 1, "{p:?}");
+    // Every request the pool saw was counted first (loka_stratum_upstream_difficulty_suggestions).
+    let seen = pool.stats().suggests;
+    let status = &proxy.shared.upstream.as_ref().expect("aggregate").status;
+    let counted = status
+        .difficulty_suggestions
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(counted >= seen, "counted {counted}, the pool saw {seen}");
     let accepted = s.accepted;
     let s = m
         .wait_for(|s| s.accepted >= accepted + 5, WAIT)

@@ -254,6 +254,11 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
                 .collect(),
         ));
         counters.push((
+            "loka_stratum_upstream_difficulty_suggestions",
+            "Requests sent to the pool for a higher difficulty, with mining.suggest_difficulty",
+            vec![(vec![], u.status.difficulty_suggestions.load(Relaxed))],
+        ));
+        counters.push((
             "loka_stratum_upstream_jobs",
             "Jobs received from the upstream pool",
             vec![(vec![], u.status.jobs_received.load(Relaxed))],
