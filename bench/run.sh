@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmarks of the proxy, as reported in BENCHMARKS.md. Bounded in time; stops by itself.
-#   bench/run.sh [hold|throughput|api|api-cost|storage|all]
+#   bench/run.sh [hold|throughput|api|api-cost|storage|profile|all]
+# profile: perf (Debian linux-perf) records the proxy under 10,000 miners; prints self time
+# by function and by thread.
 # storage: STORAGE_RATE (shares/s, 10000), STORAGE_REPEAT (alternating off/on runs, 1),
 # STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
 # SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
@@ -37,9 +39,10 @@ start_pool() { # $1 port $2 difficulty $3 job interval
   echo "pool did not start" >&2; exit 1
 }
 
-start_proxy() { # $1 pool port $2 miner difficulty $3 api(true/false) [$4 database URL: storage on] [$5 acknowledge]
-  local storage_on=false
-  [ -n "${4:-}" ] && storage_on=true
+start_proxy() { # $1 pool port $2 miner difficulty $3 api(true/false) [$4 database URL, or "embedded" for SQLite: storage on] [$5 acknowledge]
+  local storage_on=false db_url="${4:-}"
+  [ -n "$db_url" ] && storage_on=true
+  [ "$db_url" = embedded ] && db_url=""
   cat >"$work/proxy.toml" <<T
 [server]
 bind_address = "127.0.0.1"
@@ -64,7 +67,7 @@ username = "bench"
 password = "x"
 [storage]
 enabled = $storage_on
-database_url = "${4:-}"
+database_url = "$db_url"
 sqlite_path = "$work/loka.db"
 acknowledge = "${5:-validated}"
 flush_interval = "${STORAGE_FLUSH:-100ms}"
@@ -388,12 +391,35 @@ PY
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 
+profile() { # where the proxy's CPU goes: 10,000 miners at 0.2 shares/s each, storage on (SQLite)
+  start_pool 13336 0.000000001 5
+  start_proxy 13336 0.000000001 true embedded
+  "$B" --target 127.0.0.1:13333 --connections 10000 --rate 2000 --processes 2 --ramp 10 --duration 45 >"$work/profile.json" 2>/dev/null &
+  local b=$!
+  sleep 15
+  local t0; t0=$(cpu_ticks "$proxy_pid")
+  perf record -e cpu-clock -F 999 -g -p "$proxy_pid" -o "$work/perf.data" -- sleep 20 >/dev/null 2>&1
+  local t1; t1=$(cpu_ticks "$proxy_pid")
+  wait "$b"
+  summary "profile load: 10,000 miners at 2,000 shares/s, storage on (SQLite)" "$work/profile.json"
+  python3 -c "import json,os; print(json.dumps({'scenario': 'proxy CPU while profiled (20 s)', 'cpu_percent_of_one_core': round(($t1-$t0)/os.sysconf('SC_CLK_TCK')/20*100, 1)}))"
+  # Self time by function, and by thread (sessions on the runtime's workers, the writer).
+  local by
+  for by in dso comm symbol; do
+    echo "--- self time by $by"
+    perf report -i "$work/perf.data" --no-children --sort "$by" --stdio 2>/dev/null \
+      | sed -nE 's/ +- +- *$//; s/ +$//; /^ +[0-9.]+%/p' | awk 'NR <= 30'
+  done
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+}
+
 case "${1:-all}" in
   hold) hold ;;
   throughput) throughput ;;
   api) api ;;
   api-cost) api_cost ;;
   storage) storage ;;
+  profile) profile ;;
   all) hold; throughput; api; api_cost; storage ;;
-  *) echo "usage: $0 [hold|throughput|api|api-cost|storage|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [hold|throughput|api|api-cost|storage|profile|all]" >&2; exit 2 ;;
 esac
