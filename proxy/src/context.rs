@@ -85,6 +85,20 @@ impl Shared {
         self.upstream_settings.read().clone()
     }
 
+    /// The pools as last applied (configuration, reload or admin console).
+    pub fn pools(&self) -> Vec<crate::upstream::conn::PoolEndpoint> {
+        self.upstream_settings.read().pools.clone()
+    }
+
+    /// The name of the first pool of the list, if any.
+    pub fn first_pool_name(&self) -> Option<Arc<str>> {
+        self.upstream_settings
+            .read()
+            .pools
+            .first()
+            .map(|p| p.name.clone())
+    }
+
     /// New pools for passthrough sessions started from now on.
     pub fn set_upstream_pools(&self, pools: Vec<crate::upstream::conn::PoolEndpoint>) {
         self.upstream_settings.write().pools = pools;

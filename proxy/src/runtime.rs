@@ -71,7 +71,7 @@ pub async fn start(
             .await
             .with_context(|| format!("bind HTTP API on {addr}"))?;
         let api_addr = listener.local_addr()?;
-        let state = crate::api::state(shared.clone(), settings_pools(&shared), shutdown.clone())?;
+        let state = crate::api::state(shared.clone(), shutdown.clone())?;
         tokio::spawn(crate::api::serve(listener, state.clone(), shutdown.clone()));
         tracing::info!(%api_addr, "HTTP API up");
         (Some(state), Some(api_addr))
@@ -89,10 +89,6 @@ pub async fn start(
         accept,
         shutdown,
     })
-}
-
-fn settings_pools(shared: &Shared) -> Vec<PoolEndpoint> {
-    shared.upstream_settings().pools
 }
 
 impl ProxyHandle {

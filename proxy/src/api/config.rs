@@ -95,7 +95,7 @@ pub(super) async fn config_reload(
         "mining rules",
     ];
     // Compared whole, passwords too (a changed password_env value is a change).
-    if *st.pools.read() != pools || old.pools != new.pools {
+    if st.shared.pools() != pools || old.pools != new.pools {
         st.set_pools(pools).await.map_err(|e| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -54,7 +54,7 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
                 .as_deref()
                 .map(str::to_string)
         })
-        .or_else(|| st.pools.read().first().map(|p| p.name.to_string()))
+        .or_else(|| st.shared.first_pool_name().map(|p| p.to_string()))
         .unwrap_or_default();
     let p = pool.as_str();
     let mut counters = vec![
@@ -225,7 +225,7 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
     if let Some(u) = &st.shared.upstream {
         let connected = u.status.connected.load(Relaxed);
         let active = u.status.detail.lock().active_pool.clone();
-        let pools = st.pools.read();
+        let pools = st.shared.pools();
         gauges.push((
             "loka_stratum_upstream_connected",
             "1 when the proxy's upstream session is on this pool",

@@ -28,7 +28,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use error::ApiError;
 use loka_config::Mode;
-use parking_lot::RwLock;
 use sampler::Sampler;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -56,8 +55,6 @@ pub struct ApiState {
     pub reload: OnceLock<ReloadSource>,
     pub system: parking_lot::Mutex<sysinfo::System>,
     pub draining: CancellationToken,
-    /// Pools as last applied (config or admin console), for reload diffs.
-    pub pools: RwLock<Vec<crate::upstream::conn::PoolEndpoint>>,
 }
 
 /// A secret the admin API needs is missing or too short.
@@ -71,11 +68,7 @@ pub enum SecretError {
 
 /// Build the state: the JWT secret comes from `admin.jwt_secret_env` (≥ 32 bytes) or is
 /// random per process.
-pub fn state(
-    shared: Arc<Shared>,
-    pools: Vec<crate::upstream::conn::PoolEndpoint>,
-    stop: CancellationToken,
-) -> Result<Arc<ApiState>, SecretError> {
+pub fn state(shared: Arc<Shared>, stop: CancellationToken) -> Result<Arc<ApiState>, SecretError> {
     let cfg = shared.config();
     let secret = match &cfg.admin.jwt_secret_env {
         Some(var) => {
@@ -114,7 +107,6 @@ pub fn state(
         store: OnceLock::new(),
         reload: OnceLock::new(),
         system: parking_lot::Mutex::new(sysinfo::System::new()),
-        pools: RwLock::new(pools),
     }))
 }
 
@@ -204,8 +196,7 @@ impl ApiState {
                 .await
                 .map_err(|_| UpstreamGone)?;
         }
-        self.shared.set_upstream_pools(pools.clone());
-        *self.pools.write() = pools;
+        self.shared.set_upstream_pools(pools);
         Ok(())
     }
 
@@ -229,7 +220,7 @@ impl ApiState {
     }
 
     fn pools_json(&self) -> Vec<Value> {
-        let pools = self.pools.read().clone();
+        let pools = self.shared.pools();
         let (detail, jobs, sent, last_job, connected) = match &self.shared.upstream {
             Some(u) => (
                 Some(u.status.detail.lock().clone()),

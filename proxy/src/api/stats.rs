@@ -29,10 +29,9 @@ pub(super) async fn stats(State(st): State<Arc<ApiState>>) -> Json<Value> {
     let accepted = s.shares_accepted.load(Relaxed);
     let rejected = s.shares_rejected.load(Relaxed);
     let pool_name = st
-        .pools
-        .read()
-        .first()
-        .map(|p| p.name.to_string())
+        .shared
+        .first_pool_name()
+        .map(|p| p.to_string())
         .unwrap_or_default();
     let (jobs, difficulty) = match &st.shared.upstream {
         Some(u) => (

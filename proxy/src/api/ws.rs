@@ -121,7 +121,7 @@ pub async fn connection_events(State(st): State<Arc<ApiState>>, ws: WebSocketUpg
                 e = rx.recv() => {
                     let text = match e {
                         Ok(e) => {
-                            let pool = match &e { Event::Share(s) => s.pool.to_string(), _ => st.pools.read().first().map(|p| p.name.to_string()).unwrap_or_default() };
+                            let pool = match &e { Event::Share(s) => s.pool.to_string(), _ => st.shared.first_pool_name().map(|p| p.to_string()).unwrap_or_default() };
                             event_json(&e, &pool).to_string()
                         }
                         Err(RecvError::Lagged(n)) => json!({"type": "events_dropped", "timestamp": now_rfc3339(), "data": {"count": n}}).to_string(),
@@ -205,7 +205,7 @@ async fn run_command(st: &ApiState, command: &str, params: &Value) -> Value {
                 );
             };
             let c = params.get("config").cloned().unwrap_or(Value::Null);
-            let mut pools = st.pools.read().clone();
+            let mut pools = st.shared.pools();
             let Some(p) = pools.iter_mut().find(|p| &*p.name == name) else {
                 return fail("POOL_NOT_FOUND", format!("no pool named {name:?}"));
             };
