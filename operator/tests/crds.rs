@@ -179,13 +179,19 @@ fn proxy() -> Value {
             "telemetry": { "otlpEndpoint": "http://otel-collector:4317",
                            "serviceMonitor": { "interval": "15s" } },
             "drainTimeoutSeconds": 30,
-            "terminationGracePeriodSeconds": 45
+            "terminationGracePeriodSeconds": 45,
+            "dataVolume": { "persistent": { "size": "10Gi", "storageClassName": "fast" } }
         }
     })
 }
 
 fn messages(schema: &Value, obj: &Value) -> Vec<String> {
-    match Validator::new().validate(schema, obj, None) {
+    update_messages(schema, obj, None)
+}
+
+/// Messages for `obj` replacing `old` (transition rules see both).
+fn update_messages(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<String> {
+    match Validator::new().validate(schema, obj, old) {
         Ok(()) => vec![],
         Err(errs) => errs.iter().map(|e| e.message.clone()).collect(),
     }
@@ -210,7 +216,8 @@ fn valid_samples_pass() {
 }
 
 /// A change to a valid sample, the rule message it must trigger, and any other message the
-/// same change necessarily triggers too.
+/// same change necessarily triggers too. Kind `proxy update` validates the change as an update
+/// of the unchanged sample (for transition rules, which only updates trigger).
 struct Case {
     kind: &'static str,
     mutate: fn(&mut Value),
@@ -309,6 +316,30 @@ fn cases() -> Vec<Case> {
         },
         Case {
             kind: "proxy",
+            mutate: |o| o["spec"]["dataVolume"]["emptyDir"] = json!({}),
+            message: "dataVolume takes emptyDir or persistent, not both",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            mutate: |o| o["spec"]["dataVolume"] = json!({"emptyDir": {"sizeLimit": "1 GB"}}),
+            message: "sizeLimit must be a quantity such as 1Gi or 500Mi",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            mutate: |o| o["spec"]["dataVolume"]["persistent"]["size"] = json!("10GB"),
+            message: "size must be a quantity such as 10Gi or 500Mi",
+            also: &[],
+        },
+        Case {
+            kind: "proxy update",
+            mutate: |o| o["spec"]["dataVolume"]["persistent"]["size"] = json!("20Gi"),
+            message: "size, storageClassName and accessModes of dataVolume.persistent cannot change: they form the StatefulSet's claim template",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
             mutate: |o| o["spec"]["terminationGracePeriodSeconds"] = json!(30),
             message: "terminationGracePeriodSeconds must exceed drainTimeoutSeconds, or pods are killed while draining",
             also: &[],
@@ -323,10 +354,15 @@ fn every_rule_rejects_its_violation() {
             "pool" => (pool_schema(), pool()),
             _ => (proxy_schema(), proxy()),
         };
+        let old = (case.kind == "proxy update").then(|| obj.clone());
         (case.mutate)(&mut obj);
         let mut want = vec![case.message.to_string()];
         want.extend(case.also.iter().map(|m| m.to_string()));
-        assert_eq!(messages(&schema, &obj), want, "{obj:#}");
+        assert_eq!(
+            update_messages(&schema, &obj, old.as_ref()),
+            want,
+            "{obj:#}"
+        );
     }
 }
 
@@ -338,6 +374,66 @@ fn every_rule_has_a_rejection_case() {
         .collect();
     let tested: BTreeSet<String> = cases().iter().map(|c| c.message.to_string()).collect();
     assert_eq!(declared, tested);
+}
+
+/// The claim template of a persistent data volume is fixed once set (storageClassName added,
+/// changed or removed, accessModes changed); the rest of the proxy, the retention policy, and
+/// switching between emptyDir and persistent are not.
+#[test]
+fn only_the_claim_template_is_fixed() {
+    let schema = proxy_schema();
+    let fixed = "size, storageClassName and accessModes of dataVolume.persistent cannot change: they form the StatefulSet's claim template";
+    let update = |old: &Value, edit: fn(&mut Value)| {
+        let mut new = old.clone();
+        edit(&mut new);
+        update_messages(&schema, &new, Some(old))
+    };
+    let refused: [fn(&mut Value); 4] = [
+        |o| o["spec"]["dataVolume"]["persistent"]["storageClassName"] = json!("slow"),
+        |o| {
+            o["spec"]["dataVolume"]["persistent"]
+                .as_object_mut()
+                .unwrap()
+                .remove("storageClassName");
+        },
+        |o| o["spec"]["dataVolume"]["persistent"]["accessModes"] = json!(["ReadWriteOncePod"]),
+        |o| o["spec"]["dataVolume"]["persistent"]["size"] = json!("10240Mi"),
+    ];
+    for edit in refused {
+        assert_eq!(update(&proxy(), edit), [fixed]);
+    }
+    let mut without_class = proxy();
+    without_class["spec"]["dataVolume"]["persistent"]
+        .as_object_mut()
+        .unwrap()
+        .remove("storageClassName");
+    assert_eq!(
+        update(&without_class, |o| o["spec"]["dataVolume"]["persistent"]
+            ["storageClassName"] = json!("fast")),
+        [fixed]
+    );
+    let allowed: [fn(&mut Value); 5] = [
+        |o| o["spec"]["replicas"] = json!(5),
+        |o| {
+            o["spec"]["dataVolume"]["persistent"]["claimRetentionPolicy"] =
+                json!({"whenDeleted": "Delete", "whenScaled": "Delete"})
+        },
+        // The default access mode, written out.
+        |o| o["spec"]["dataVolume"]["persistent"]["accessModes"] = json!(["ReadWriteOnce"]),
+        |o| o["spec"]["dataVolume"] = json!({}),
+        |o| o["spec"]["dataVolume"] = json!({"emptyDir": {"sizeLimit": "2Gi"}}),
+    ];
+    for edit in allowed {
+        assert_eq!(update(&proxy(), edit), Vec::<String>::new());
+    }
+    // From emptyDir to any persistent volume.
+    let mut empty = proxy();
+    empty["spec"]["dataVolume"] = json!({"emptyDir": {}});
+    assert_eq!(
+        update(&empty, |o| o["spec"]["dataVolume"] =
+            json!({"persistent": {"size": "1Ti"}})),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

@@ -16,8 +16,9 @@ pub const DEFAULT_STRATUM_PORT: i32 = 3333;
 /// Default HTTP API port of the proxy (`/ready`, `/live`, `/metrics/prometheus`).
 pub const DEFAULT_API_PORT: i32 = 9090;
 
-/// Loka Stratum proxies for one StratumPool: a Deployment, its ConfigMap, Services, a
-/// PodDisruptionBudget and (with the Prometheus Operator) a ServiceMonitor.
+/// Loka Stratum proxies for one StratumPool: a Deployment (or, with a persistent data volume, a
+/// StatefulSet and its headless Service), its ConfigMap, Services, a PodDisruptionBudget and
+/// (with the Prometheus Operator) a ServiceMonitor.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "loka.io",
@@ -82,9 +83,17 @@ pub struct StratumProxySpec {
     /// The Stratum Service miners connect to.
     #[serde(default)]
     pub service: StratumService,
-    /// Share store. Without it each pod keeps an embedded SQLite file in an emptyDir.
+    /// Share store. Without it each pod keeps an embedded SQLite file in its data volume
+    /// (`dataVolume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<Database>,
+    /// Where each pod's data directory (`/var/lib/loka`) lives: the spool that holds shares
+    /// while the database is away, and the embedded SQLite file when `database` is unset.
+    /// Unset or `emptyDir`: a Deployment whose pods keep it in an emptyDir, lost (with any
+    /// spooled shares) when the pod is deleted. `persistent`: a StatefulSet with a
+    /// PersistentVolumeClaim per pod, which survives pod deletion and rescheduling.
+    #[serde(default)]
+    pub data_volume: DataVolume,
     /// When a miner hears "accepted": `validated` (at once; a killed pod can lose the shares
     /// of its last 100 ms) or `durable` (once the share is committed to the database or
     /// written to the pod's spool; costs each submit a database round-trip).
@@ -238,6 +247,130 @@ pub struct Database {
     pub url_secret_ref: SecretKeyRef,
 }
 
+/// Default `sizeLimit` of the emptyDir data volume.
+pub const DEFAULT_DATA_SIZE_LIMIT: &str = "1Gi";
+
+/// The pods' data directory: `emptyDir` (the default) or `persistent`, not both.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.emptyDir) || !has(self.persistent)").message("dataVolume takes emptyDir or persistent, not both"))]
+pub struct DataVolume {
+    /// An emptyDir per pod (what applies when neither is set): shares spooled while the
+    /// database is away, and the embedded SQLite file, are lost when the pod is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDirDataVolume>,
+    /// A PersistentVolumeClaim per pod: the proxies run as a StatefulSet (pods
+    /// `<name>-0`, `<name>-1`, ...; claims `data-<name>-<ordinal>`) governed by the headless
+    /// Service `<name>-headless`. A pod deleted or rescheduled comes back with the same
+    /// ordinal and claim and replays its spool on start. The StratumProxy's name may then have
+    /// at most 52 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<PersistentDataVolume>,
+}
+
+/// The emptyDir data volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDirDataVolume {
+    /// Most the directory may hold, e.g. `1Gi` (a whole number, optionally with a decimal
+    /// fraction, and an optional suffix Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P or E); the
+    /// kubelet evicts a pod that exceeds it.
+    #[serde(default = "default_size_limit")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]*([.][0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("sizeLimit must be a quantity such as 1Gi or 500Mi"))]
+    pub size_limit: String,
+}
+
+impl Default for EmptyDirDataVolume {
+    fn default() -> Self {
+        Self {
+            size_limit: default_size_limit(),
+        }
+    }
+}
+
+/// The persistent data volume: one PersistentVolumeClaim per pod, from the StatefulSet's
+/// claim template. `size`, `storageClassName` and `accessModes` form that template, which a
+/// StatefulSet cannot change, so they are fixed once set (and existing claims keep what they
+/// were created with): to change them, remove `persistent`, delete the claims, and set it
+/// again.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.size == oldSelf.size && self.accessModes == oldSelf.accessModes && (has(self.storageClassName) ? has(oldSelf.storageClassName) && self.storageClassName == oldSelf.storageClassName : !has(oldSelf.storageClassName))").message("size, storageClassName and accessModes of dataVolume.persistent cannot change: they form the StatefulSet's claim template"))]
+pub struct PersistentDataVolume {
+    /// Storage requested by each pod's claim, e.g. `10Gi` (a whole number, optionally with a
+    /// decimal fraction, and an optional suffix Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P or E).
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]*([.][0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("size must be a quantity such as 10Gi or 500Mi"))]
+    pub size: String,
+    /// StorageClass of the claims; the cluster's default class when unset, no class when
+    /// empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Access modes of the claims. Each pod has its own claim, so `ReadWriteOnce` (the
+    /// default) suffices.
+    #[serde(default = "default_access_modes")]
+    #[schemars(length(min = 1, max = 3))]
+    pub access_modes: Vec<AccessMode>,
+    /// What happens to the claims (and the spools in them) when pods go away.
+    #[serde(default)]
+    pub claim_retention_policy: ClaimRetentionPolicy,
+}
+
+/// Access mode of a PersistentVolumeClaim.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AccessMode {
+    ReadWriteOnce,
+    ReadWriteOncePod,
+    ReadWriteMany,
+}
+
+impl AccessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+}
+
+/// The StatefulSet's `persistentVolumeClaimRetentionPolicy` (Kubernetes 1.27 and later;
+/// older clusters ignore it and always retain).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRetentionPolicy {
+    /// When the StatefulSet is deleted (the StratumProxy is deleted, or switched to
+    /// emptyDir): `Retain` (default) keeps the claims, and a StatefulSet of the same name
+    /// later reuses them and replays their spools; `Delete` deletes them with any spool left
+    /// in them.
+    #[serde(default)]
+    pub when_deleted: Retention,
+    /// When `replicas` goes down: `Retain` (default) keeps the claims of the removed pods
+    /// until scaled back up, when the returning pods replay their spools; `Delete` deletes
+    /// them with any spool left in them.
+    #[serde(default)]
+    pub when_scaled: Retention,
+}
+
+/// Whether claims are kept or deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Retention {
+    #[default]
+    Retain,
+    Delete,
+}
+
+impl Retention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retention::Retain => "Retain",
+            Retention::Delete => "Delete",
+        }
+    }
+}
+
 /// Metrics and traces.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -337,7 +470,7 @@ pub struct StratumProxyStatus {
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
-    /// Pods of the current Deployment (scale subresource).
+    /// Pods of the current Deployment or StatefulSet (scale subresource).
     #[serde(default)]
     pub replicas: i32,
     /// Pods passing `/ready`.
@@ -383,6 +516,12 @@ fn default_drain() -> i32 {
 }
 fn default_log_level() -> String {
     "info".into()
+}
+fn default_size_limit() -> String {
+    DEFAULT_DATA_SIZE_LIMIT.into()
+}
+fn default_access_modes() -> Vec<AccessMode> {
+    vec![AccessMode::ReadWriteOnce]
 }
 fn default_interval() -> String {
     "30s".into()
