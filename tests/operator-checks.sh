@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Offline Kubernetes checks of the operator's artifacts (no cluster needed):
 #   1. the generated CRDs (crds/) and the objects the builders generate
-#      (operator/tests/golden/, kept equal to the builders by `cargo test -p loka-operator`)
-#      validate against the Kubernetes 1.33 OpenAPI schemas, strictly (and 1.26 for the CRDs);
+#      (operator/tests/golden/, kept equal to the builders by `cargo test -p loka-operator`:
+#      Deployments, and in persistent.yaml the StatefulSet with its claim template and
+#      headless Service) validate against the Kubernetes 1.33 OpenAPI schemas, strictly (and
+#      1.26 for the CRDs);
 #   2. every kustomize overlay in manifests/overlays/ and example in manifests/examples/
 #      builds and validates;
 #   3. the Helm chart lints (strict) and renders for several value sets, each validating;

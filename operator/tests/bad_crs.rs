@@ -1,6 +1,6 @@
-//! No panic is reachable from a custom resource: the `full` fixtures with any of their
-//! fields replaced by any JSON value (wrong types, negative or huge numbers, empty or odd
-//! strings, nulls) either fail to decode (the API server's schema would refuse them), fail
+//! No panic is reachable from a custom resource: the `full` and `persistent` fixtures with any
+//! of their fields replaced by any JSON value (wrong types, negative or huge numbers, empty or
+//! odd strings, nulls) either fail to decode (the API server's schema would refuse them), fail
 //! validation naming what was wrong, or build objects whose configuration the proxy reads
 //! back and accepts.
 
@@ -12,9 +12,10 @@ use proptest::prelude::*;
 use serde_json::Value;
 use std::path::PathBuf;
 
-fn load(file: &str) -> Value {
+fn load(case: &str, file: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/full")
+        .join("tests/fixtures")
+        .join(case)
         .join(file);
     serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -77,10 +78,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
     fn any_field_of_any_value_never_panics(
+        case in prop_oneof![Just("full"), Just("persistent")],
         picks in proptest::collection::vec((any::<bool>(), any::<prop::sample::Index>(), value()), 1..4)
     ) {
-        let mut proxy = load("proxy.yaml");
-        let mut pool = load("pool.yaml");
+        let mut proxy = load(case, "proxy.yaml");
+        let mut pool = load(case, "pool.yaml");
         for (in_pool, index, v) in picks {
             let doc = if in_pool { &mut pool } else { &mut proxy };
             let mut p = Vec::new();

@@ -3,11 +3,15 @@
 //!
 //! `UPDATE_GOLDEN=1 cargo test -p loka-operator --test builders` rewrites `tests/golden/`.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PodSpec, Service};
 use loka_config::Config;
-use loka_operator::controller::build::{self, BuildOptions, Objects};
+use loka_operator::controller::build::{self, BuildOptions, Objects, Workload};
 use loka_operator::controller::validate::validate;
-use loka_operator::crd::{StratumPool, StratumProxy};
+use loka_operator::crd::{
+    AccessMode, ClaimRetentionPolicy, DataVolume, EmptyDirDataVolume, Retention, StratumPool,
+    StratumProxy,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -48,15 +52,21 @@ const HASH_PLACEHOLDER: &str = "<sha256 of loka.toml>";
 fn render(o: &Objects) -> String {
     let mut config_map = serde_json::to_value(&o.config_map).unwrap();
     config_map["data"][build::CONFIG_KEY] = CONFIG_PLACEHOLDER.into();
-    let mut deployment = serde_json::to_value(&o.deployment).unwrap();
-    deployment["spec"]["template"]["metadata"]["annotations"][build::CONFIG_HASH_ANNOTATION] =
+    let mut workload = match &o.workload {
+        Workload::Deployment(d) => serde_json::to_value(d).unwrap(),
+        Workload::StatefulSet(s) => serde_json::to_value(s).unwrap(),
+    };
+    workload["spec"]["template"]["metadata"]["annotations"][build::CONFIG_HASH_ANNOTATION] =
         HASH_PLACEHOLDER.into();
-    let mut docs: Vec<Value> = vec![
-        config_map,
-        deployment,
+    let mut docs: Vec<Value> = vec![config_map];
+    if let Some(headless) = &o.headless_service {
+        docs.push(serde_json::to_value(headless).unwrap());
+    }
+    docs.extend([
+        workload,
         serde_json::to_value(&o.stratum_service).unwrap(),
         serde_json::to_value(&o.api_service).unwrap(),
-    ];
+    ]);
     if let Some(pdb) = &o.pod_disruption_budget {
         docs.push(serde_json::to_value(pdb).unwrap());
     }
@@ -94,8 +104,13 @@ fn golden_full() {
 }
 
 #[test]
+fn golden_persistent() {
+    check_golden("persistent", &render(&objects("persistent", false)));
+}
+
+#[test]
 fn configmap_is_what_the_proxy_reads() {
-    for case in ["basic", "full"] {
+    for case in ["basic", "full", "persistent"] {
         let (proxy, pool) = fixture(case);
         let config = validate(&proxy, &pool).unwrap();
         let o = build::build(&proxy, &pool, &config, &opts(true));
@@ -143,14 +158,14 @@ fn config_follows_the_pool() {
     assert_eq!(basic.storage.writer_nice, 10, "the proxy's default");
 }
 
-fn pod(d: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
-    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+fn pod(w: &Workload) -> &PodSpec {
+    w.template().unwrap().spec.as_ref().unwrap()
 }
 
 #[test]
 fn deployment_is_locked_down() {
     let o = objects("basic", false);
-    let p = pod(&o.deployment);
+    let p = pod(&o.workload);
     let c = &p.containers[0];
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
@@ -201,13 +216,14 @@ fn config_change_rolls_the_pods() {
     let hash = |pool: &StratumPool| {
         let c = validate(&proxy, pool).unwrap();
         let o = build::build(&proxy, pool, &c, &opts(false));
-        o.deployment
-            .spec
+        o.workload
+            .template()
             .unwrap()
-            .template
             .metadata
+            .as_ref()
             .unwrap()
             .annotations
+            .as_ref()
             .unwrap()[build::CONFIG_HASH_ANNOTATION]
             .clone()
     };
@@ -248,7 +264,7 @@ fn everything_is_owned_by_the_proxy() {
     let o = objects("full", true);
     let metas = [
         &o.config_map.metadata,
-        &o.deployment.metadata,
+        o.workload.metadata(),
         &o.stratum_service.metadata,
         &o.api_service.metadata,
         &o.pod_disruption_budget.as_ref().unwrap().metadata,
@@ -297,7 +313,8 @@ fn an_out_of_range_writer_nice_is_named() {
 }
 
 /// The example farm in `manifests/examples/farm` (what the README and the GitOps examples
-/// apply) decodes into the CRD types, validates, and builds a proxy Deployment.
+/// apply) decodes into the CRD types, validates, and builds the proxies' StatefulSet (it keeps
+/// its spool on a claim per pod, as durable acknowledgement wants).
 #[test]
 fn the_example_farm_is_valid() {
     let farm = dir().join("../../manifests/examples/farm");
@@ -307,8 +324,242 @@ fn the_example_farm_is_valid() {
     let config = validate(&proxy, &pool).expect("the example is valid");
     assert_eq!(config.pools.len(), 2);
     let objects = build::build(&proxy, &pool, &config, &opts(true));
+    let sts = stateful_set(&objects);
+    let spec = sts.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
     assert_eq!(
-        objects.deployment.spec.as_ref().and_then(|s| s.replicas),
-        Some(3)
+        claim_size(sts),
+        proxy.spec.data_volume.persistent.as_ref().unwrap().size
     );
+}
+
+fn stateful_set(o: &Objects) -> &StatefulSet {
+    match &o.workload {
+        Workload::StatefulSet(s) => s,
+        Workload::Deployment(_) => panic!("expected a StatefulSet"),
+    }
+}
+
+fn claim_size(sts: &StatefulSet) -> String {
+    let claims = sts
+        .spec
+        .as_ref()
+        .unwrap()
+        .volume_claim_templates
+        .as_ref()
+        .unwrap();
+    claims[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .resources
+        .as_ref()
+        .unwrap()
+        .requests
+        .as_ref()
+        .unwrap()["storage"]
+        .0
+        .clone()
+}
+
+fn volume_names(p: &PodSpec) -> Vec<&str> {
+    p.volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect()
+}
+
+/// The default data volume is the Deployment's emptyDir of 1Gi, and `emptyDir.sizeLimit`
+/// sets its limit; no StatefulSet or headless Service.
+#[test]
+fn the_default_data_volume_is_an_empty_dir() {
+    let o = objects("basic", false);
+    assert!(matches!(o.workload, Workload::Deployment(_)));
+    assert!(o.headless_service.is_none());
+    let data = |o: &Objects| {
+        pod(&o.workload)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == build::DATA_VOLUME)
+            .and_then(|v| v.empty_dir.as_ref())
+            .and_then(|e| e.size_limit.as_ref())
+            .map(|q| q.0.clone())
+    };
+    assert_eq!(data(&o).as_deref(), Some("1Gi"));
+    let (mut proxy, pool) = fixture("basic");
+    proxy.spec.data_volume = DataVolume {
+        empty_dir: Some(EmptyDirDataVolume {
+            size_limit: "5Gi".into(),
+        }),
+        persistent: None,
+    };
+    let c = validate(&proxy, &pool).unwrap();
+    let o = build::build(&proxy, &pool, &c, &opts(false));
+    assert_eq!(data(&o).as_deref(), Some("5Gi"));
+}
+
+/// With a persistent data volume the pods are the Deployment's pods, run by a StatefulSet: the
+/// same template except that the `data` volume comes from a claim template, mounted at the
+/// same place.
+#[test]
+fn a_persistent_data_volume_makes_a_stateful_set_of_the_same_pods() {
+    let (proxy, pool) = fixture("persistent");
+    let config = validate(&proxy, &pool).unwrap();
+    let o = build::build(&proxy, &pool, &config, &opts(false));
+    let mut as_deployment = proxy.clone();
+    as_deployment.spec.data_volume = DataVolume::default();
+    let d = build::build(&as_deployment, &pool, &config, &opts(false));
+    assert!(matches!(d.workload, Workload::Deployment(_)));
+    assert_eq!(o.config_hash, d.config_hash);
+
+    let sts = stateful_set(&o);
+    let spec = sts.spec.as_ref().unwrap();
+    // Same labels, annotations (config hash included), containers and security; only the
+    // data volume differs.
+    let (mut want, got) = (d.workload.template().unwrap().clone(), &spec.template);
+    want.spec
+        .as_mut()
+        .unwrap()
+        .volumes
+        .as_mut()
+        .unwrap()
+        .retain(|v| v.name != build::DATA_VOLUME);
+    assert_eq!(&want, got);
+    assert_eq!(volume_names(pod(&o.workload)), ["config", "tmp"]);
+    let mount = pod(&o.workload).containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == build::DATA_VOLUME)
+        .unwrap();
+    assert_eq!(mount.mount_path, build::DATA_DIR);
+    assert_eq!(mount.read_only, None);
+
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(
+        spec.selector.match_labels,
+        Some(build::selector_labels("edge"))
+    );
+    assert_eq!(spec.service_name.as_deref(), Some("edge-headless"));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let strategy = spec.update_strategy.as_ref().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let claims = spec.volume_claim_templates.as_ref().unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].metadata.name.as_deref(), Some(build::DATA_VOLUME));
+    let claim = claims[0].spec.as_ref().unwrap();
+    assert_eq!(
+        claim.access_modes.as_deref(),
+        Some(&["ReadWriteOnce".to_string()][..])
+    );
+    assert_eq!(claim.storage_class_name.as_deref(), Some("standard"));
+    assert_eq!(claim_size(sts), "10Gi");
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+    assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+
+    // The governing Service: headless, selecting the same pods, not scraped (the
+    // ServiceMonitor selects `loka.io/service: api`).
+    let headless: &Service = o.headless_service.as_ref().unwrap();
+    assert_eq!(headless.metadata.name.as_deref(), Some("edge-headless"));
+    assert_eq!(
+        headless.metadata.labels.as_ref().unwrap()["loka.io/service"],
+        "headless"
+    );
+    let hs = headless.spec.as_ref().unwrap();
+    assert_eq!(hs.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(hs.selector, Some(build::selector_labels("edge")));
+    for m in [&sts.metadata, &headless.metadata] {
+        let refs = m.owner_references.as_ref().unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].uid, "6f1c0c9e-0000-4000-8000-000000000022");
+        assert_eq!(refs[0].controller, Some(true));
+    }
+}
+
+#[test]
+fn claim_settings_reach_the_stateful_set() {
+    let (mut proxy, pool) = fixture("persistent");
+    let data = proxy.spec.data_volume.persistent.as_mut().unwrap();
+    data.storage_class_name = None;
+    data.access_modes = vec![AccessMode::ReadWriteOncePod];
+    data.claim_retention_policy = ClaimRetentionPolicy {
+        when_deleted: Retention::Delete,
+        when_scaled: Retention::Delete,
+    };
+    let c = validate(&proxy, &pool).unwrap();
+    let o = build::build(&proxy, &pool, &c, &opts(false));
+    let spec = stateful_set(&o).spec.as_ref().unwrap();
+    let claim = spec.volume_claim_templates.as_ref().unwrap()[0]
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        claim.storage_class_name, None,
+        "the cluster's default class"
+    );
+    assert_eq!(
+        claim.access_modes.as_deref(),
+        Some(&["ReadWriteOncePod".to_string()][..])
+    );
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+    assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
+}
+
+/// Data volume settings the CRD would refuse (admitted by an older CRD, or with the schema
+/// bypassed) are named, not built.
+#[test]
+fn bad_data_volumes_are_named() {
+    let case = |edit: fn(&mut StratumProxy), want: &str| {
+        let (mut proxy, pool) = fixture("persistent");
+        edit(&mut proxy);
+        let errs = validate(&proxy, &pool).unwrap_err();
+        assert!(errs.iter().any(|e| e.starts_with(want)), "{want}: {errs:?}");
+    };
+    case(
+        |p| p.spec.data_volume.empty_dir = Some(EmptyDirDataVolume::default()),
+        "dataVolume: takes emptyDir or persistent, not both",
+    );
+    case(
+        |p| p.spec.data_volume.persistent.as_mut().unwrap().size = "ten gigs".into(),
+        "dataVolume.persistent.size: \"ten gigs\"",
+    );
+    case(
+        |p| {
+            p.spec
+                .data_volume
+                .persistent
+                .as_mut()
+                .unwrap()
+                .access_modes
+                .clear()
+        },
+        "dataVolume.persistent.accessModes",
+    );
+    case(
+        |p| {
+            p.spec.data_volume.persistent = None;
+            p.spec.data_volume.empty_dir = Some(EmptyDirDataVolume {
+                size_limit: "0".into(),
+            });
+        },
+        "dataVolume.emptyDir.sizeLimit: \"0\"",
+    );
+    // A StatefulSet's pods need a name of at most 52 characters; a Deployment's do not.
+    case(|p| p.metadata.name = Some("a".repeat(53)), "metadata.name");
+    let (mut proxy, pool) = fixture("persistent");
+    proxy.metadata.name = Some("a".repeat(52));
+    validate(&proxy, &pool).unwrap();
+    proxy.metadata.name = Some("a".repeat(53));
+    proxy.spec.data_volume = DataVolume::default();
+    validate(&proxy, &pool).unwrap();
 }

@@ -8,7 +8,7 @@ use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
-use loka_operator::controller::build::{self, BuildOptions};
+use loka_operator::controller::build::{self, BuildOptions, Workload};
 use loka_operator::controller::validate::validate;
 use loka_operator::controller::{Context, error_policy, reconcile_pool, reconcile_proxy};
 use loka_operator::crd::{StratumPool, StratumProxy};
@@ -128,6 +128,24 @@ const POOL: &str = "/apis/loka.io/v1alpha1/namespaces/mining/stratumpools/main";
 const PROXY_STATUS: &str = "/apis/loka.io/v1alpha1/namespaces/mining/stratumproxies/edge/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/mining/events?";
 
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/mining/deployments/edge";
+const STATEFUL_SET: &str = "/apis/apps/v1/namespaces/mining/statefulsets/edge";
+const HEADLESS: &str = "/api/v1/namespaces/mining/services/edge-headless";
+
+fn deployment(o: &build::Objects) -> &k8s_openapi::api::apps::v1::Deployment {
+    match &o.workload {
+        Workload::Deployment(d) => d,
+        Workload::StatefulSet(_) => panic!("expected a Deployment"),
+    }
+}
+
+fn stateful_set(o: &build::Objects) -> &k8s_openapi::api::apps::v1::StatefulSet {
+    match &o.workload {
+        Workload::StatefulSet(s) => s,
+        Workload::Deployment(_) => panic!("expected a StatefulSet"),
+    }
+}
+
 fn ready_deployment_status() -> Value {
     json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 1,
            "availableReplicas": 1, "updatedReplicas": 1})
@@ -147,8 +165,10 @@ fn apply_steps(proxy: &StratumProxy, pool: &StratumPool, sm: bool) -> Vec<Step> 
             Method::PATCH,
             format!("/apis/apps/v1/namespaces/mining/deployments/edge{SSA}"),
         )
-        .body(v(&o.deployment))
+        .body(v(deployment(&o)))
         .with_status(ready_deployment_status()),
+        // No StatefulSet of this proxy to replace.
+        step(Method::GET, STATEFUL_SET).reply(StatusCode::NOT_FOUND, not_found()),
         step(
             Method::PATCH,
             format!("/api/v1/namespaces/mining/services/edge{SSA}"),
@@ -430,5 +450,190 @@ async fn pool_status_written_once() {
     pool.status = Some(serde_json::from_value(bodies[0]["status"].clone()).unwrap());
     let server = tokio::spawn(serve(handle, vec![]));
     reconcile_pool(Arc::new(pool), ctx).await.unwrap();
+    server.await.unwrap();
+}
+
+/// What the API server holds for a workload of `kind` named `edge` controlled by the owner
+/// with uid `owner_uid`.
+fn existing(kind: &str, uid: &str, owner_uid: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {
+            "name": "edge", "namespace": "mining", "uid": uid,
+            "ownerReferences": [{
+                "apiVersion": "loka.io/v1alpha1", "kind": "StratumProxy", "name": "edge",
+                "uid": owner_uid, "controller": true
+            }]
+        },
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "loka-proxy"}},
+            "template": {}
+        }
+    })
+}
+
+fn deleted() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
+}
+
+/// The requests of one reconcile of the `persistent` fixture up to the Services, with
+/// `deployment` the answer to the read of a Deployment to replace and `delete` the requests
+/// that must follow it.
+fn persistent_steps(
+    proxy: &StratumProxy,
+    pool: &StratumPool,
+    existing: Step,
+    delete: Vec<Step>,
+) -> Vec<Step> {
+    let config = validate(proxy, pool).unwrap();
+    let o = build::build(proxy, pool, &config, &opts(false));
+    let mut steps = vec![
+        step(Method::GET, POOL).reply(StatusCode::OK, pool_json(pool)),
+        step(
+            Method::PATCH,
+            format!("/api/v1/namespaces/mining/configmaps/edge-config{SSA}"),
+        )
+        .body(v(&o.config_map)),
+        step(Method::PATCH, format!("{HEADLESS}{SSA}"))
+            .body(v(o.headless_service.as_ref().unwrap())),
+        step(Method::PATCH, format!("{STATEFUL_SET}{SSA}"))
+            .body(v(stateful_set(&o)))
+            .with_status(json!({
+                "observedGeneration": 1, "replicas": 2, "readyReplicas": 2,
+                "availableReplicas": 2, "updatedReplicas": 2, "currentReplicas": 2,
+                "currentRevision": "edge-6d4f", "updateRevision": "edge-6d4f"
+            })),
+        existing,
+    ];
+    steps.extend(delete);
+    steps.extend([
+        step(
+            Method::PATCH,
+            format!("/api/v1/namespaces/mining/services/edge{SSA}"),
+        )
+        .body(v(&o.stratum_service)),
+        step(
+            Method::PATCH,
+            format!("/api/v1/namespaces/mining/services/edge-api{SSA}"),
+        )
+        .body(v(&o.api_service)),
+        step(
+            Method::PATCH,
+            format!("/apis/policy/v1/namespaces/mining/poddisruptionbudgets/edge{SSA}"),
+        )
+        .body(v(o.pod_disruption_budget.as_ref().unwrap())),
+        step(Method::PATCH, format!("{PROXY_STATUS}{SSA}"))
+            .status_of(v(proxy))
+            .check(|b| {
+                // Status from the StatefulSet.
+                assert_eq!(b["status"]["replicas"], 2);
+                assert_eq!(b["status"]["readyReplicas"], 2);
+                let conds = b["status"]["conditions"].as_array().unwrap();
+                let get = |t: &str| conds.iter().find(|c| c["type"] == t).unwrap().clone();
+                assert_eq!(get("Ready")["status"], "True");
+                assert_eq!(get("Progressing")["reason"], "RolloutComplete");
+            }),
+        step(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "ProxiesReady")),
+    ]);
+    steps
+}
+
+/// Switching a proxy to a persistent data volume: the StatefulSet (and its headless Service)
+/// is applied, then the Deployment the proxy owned is deleted, exactly that object, with its
+/// pods.
+#[tokio::test]
+async fn a_persistent_data_volume_replaces_the_owned_deployment() {
+    let (proxy, pool) = fixture("persistent");
+    let owner = proxy.metadata.uid.clone().unwrap();
+    let (ctx, handle) = context(false);
+    let steps = persistent_steps(
+        &proxy,
+        &pool,
+        step(Method::GET, DEPLOYMENT).reply(
+            StatusCode::OK,
+            existing("Deployment", "0a0a0a0a-0000-4000-8000-00000000d001", &owner),
+        ),
+        vec![
+            step(Method::DELETE, format!("{DEPLOYMENT}?"))
+                .body(json!({
+                    "propagationPolicy": "Background",
+                    "preconditions": {"uid": "0a0a0a0a-0000-4000-8000-00000000d001"}
+                }))
+                .reply(StatusCode::OK, deleted()),
+        ],
+    );
+    let server = tokio::spawn(serve(handle, steps));
+    reconcile_proxy(Arc::new(proxy), ctx).await.unwrap();
+    server.await.unwrap();
+}
+
+/// A Deployment of the same name that this proxy does not control is left alone (and so is
+/// the absence of one).
+#[tokio::test]
+async fn a_deployment_of_another_owner_is_left_alone() {
+    let (proxy, pool) = fixture("persistent");
+    for answer in [
+        step(Method::GET, DEPLOYMENT).reply(
+            StatusCode::OK,
+            existing(
+                "Deployment",
+                "0a0a0a0a-0000-4000-8000-00000000d002",
+                "0a0a0a0a-0000-4000-8000-0000000000ff",
+            ),
+        ),
+        step(Method::GET, DEPLOYMENT).reply(StatusCode::NOT_FOUND, not_found()),
+    ] {
+        let (ctx, handle) = context(false);
+        let steps = persistent_steps(&proxy, &pool, answer, vec![]);
+        let server = tokio::spawn(serve(handle, steps));
+        reconcile_proxy(Arc::new(proxy.clone()), ctx).await.unwrap();
+        server.await.unwrap();
+    }
+}
+
+/// Switching back to the emptyDir: the Deployment is applied, then the headless Service and
+/// the StatefulSet the proxy owned are deleted (its claims follow the claim retention policy).
+#[tokio::test]
+async fn an_empty_dir_replaces_the_owned_stateful_set() {
+    let (proxy, pool) = fixture("basic");
+    let owner = proxy.metadata.uid.clone().unwrap();
+    let config = validate(&proxy, &pool).unwrap();
+    let o = build::build(&proxy, &pool, &config, &opts(false));
+    let (ctx, handle) = context(false);
+    let mut steps = vec![
+        step(Method::GET, POOL).reply(StatusCode::OK, pool_json(&pool)),
+        step(
+            Method::PATCH,
+            format!("/api/v1/namespaces/mining/configmaps/edge-config{SSA}"),
+        )
+        .body(v(&o.config_map)),
+        step(Method::PATCH, format!("{DEPLOYMENT}{SSA}"))
+            .body(v(deployment(&o)))
+            .with_status(ready_deployment_status()),
+        step(Method::GET, STATEFUL_SET).reply(
+            StatusCode::OK,
+            existing(
+                "StatefulSet",
+                "0a0a0a0a-0000-4000-8000-00000000e001",
+                &owner,
+            ),
+        ),
+        step(Method::DELETE, format!("{HEADLESS}?"))
+            .body(json!({}))
+            .reply(StatusCode::OK, deleted()),
+        step(Method::DELETE, format!("{STATEFUL_SET}?"))
+            .body(json!({
+                "propagationPolicy": "Background",
+                "preconditions": {"uid": "0a0a0a0a-0000-4000-8000-00000000e001"}
+            }))
+            .reply(StatusCode::OK, deleted()),
+    ];
+    // The rest as in any reconcile (the read of a StatefulSet is above).
+    steps.extend(apply_steps(&proxy, &pool, false).into_iter().skip(3));
+    steps.push(step(Method::PATCH, format!("{PROXY_STATUS}{SSA}")).status_of(v(&proxy)));
+    steps.push(step(Method::POST, EVENTS));
+    let server = tokio::spawn(serve(handle, steps));
+    reconcile_proxy(Arc::new(proxy), ctx).await.unwrap();
     server.await.unwrap();
 }

@@ -5,16 +5,19 @@
 //! objects, so server-side apply is a no-op when nothing changed, and golden files pin them.
 
 use crate::crd::{
-    Acknowledge, Endpoint, PoolMode, SecretKeyRef, ServiceType, StratumPool, StratumProxy,
+    Acknowledge, DEFAULT_DATA_SIZE_LIMIT, Endpoint, PersistentDataVolume, PoolMode, SecretKeyRef,
+    ServiceType, StratumPool, StratumProxy,
 };
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -35,6 +38,9 @@ pub const CONFIG_KEY: &str = "loka.toml";
 pub const CONFIG_DIR: &str = "/etc/loka";
 /// Writable data directory (embedded SQLite, spool).
 pub const DATA_DIR: &str = "/var/lib/loka";
+/// Name of the data volume in the pod, and of the StatefulSet's claim template (so a pod's
+/// claim is `data-<proxy>-<ordinal>`).
+pub const DATA_VOLUME: &str = "data";
 /// Pod template annotation carrying the configuration hash: a new hash rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "loka.io/config-hash";
 /// Name of the proxy container.
@@ -55,11 +61,39 @@ pub struct BuildOptions {
     pub service_monitor_api: bool,
 }
 
+/// The controller of the proxy pods, by `dataVolume`: a Deployment (emptyDir) or a
+/// StatefulSet (a PersistentVolumeClaim per pod).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    Deployment(Deployment),
+    StatefulSet(StatefulSet),
+}
+
+impl Workload {
+    /// Metadata of the workload object.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Workload::Deployment(d) => &d.metadata,
+            Workload::StatefulSet(s) => &s.metadata,
+        }
+    }
+
+    /// The pod template.
+    pub fn template(&self) -> Option<&PodTemplateSpec> {
+        match self {
+            Workload::Deployment(d) => d.spec.as_ref().map(|s| &s.template),
+            Workload::StatefulSet(s) => s.spec.as_ref().map(|s| &s.template),
+        }
+    }
+}
+
 /// Everything one StratumProxy owns, ready to be applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Objects {
     pub config_map: ConfigMap,
-    pub deployment: Deployment,
+    pub workload: Workload,
+    /// The StatefulSet's governing Service; only with a StatefulSet.
+    pub headless_service: Option<Service>,
     pub stratum_service: Service,
     pub api_service: Service,
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
@@ -75,6 +109,10 @@ pub fn config_map_name(proxy: &str) -> String {
 /// Name of the API (metrics) Service of a proxy.
 pub fn api_service_name(proxy: &str) -> String {
     format!("{proxy}-api")
+}
+/// Name of the headless Service governing a proxy's StatefulSet.
+pub fn headless_service_name(proxy: &str) -> String {
+    format!("{proxy}-headless")
 }
 
 /// Labels every owned object carries.
@@ -238,9 +276,18 @@ pub fn build(
         data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), toml)])),
         ..Default::default()
     };
+    let template = pod_template(proxy, pool, &config_hash, opts);
+    let (workload, headless_service) = match &proxy.spec.data_volume.persistent {
+        Some(data) => (
+            Workload::StatefulSet(stateful_set(proxy, template, data)),
+            Some(headless_service(proxy)),
+        ),
+        None => (Workload::Deployment(deployment(proxy, template)), None),
+    };
     Objects {
         config_map,
-        deployment: deployment(proxy, pool, &config_hash, opts),
+        workload,
+        headless_service,
         stratum_service: stratum_service(proxy),
         api_service: api_service(proxy),
         pod_disruption_budget: proxy
@@ -358,12 +405,14 @@ pub fn termination_grace_period(proxy: &StratumProxy) -> i64 {
         .unwrap_or(i64::from(proxy.spec.drain_timeout_seconds) + GRACE_MARGIN_SECONDS)
 }
 
-fn deployment(
+/// The pod template of both workloads. With a persistent data volume the `data` volume is not
+/// in it: the StatefulSet's claim template of that name provides it.
+fn pod_template(
     proxy: &StratumProxy,
     pool: &StratumPool,
     config_hash: &str,
     opts: &BuildOptions,
-) -> Deployment {
+) -> PodTemplateSpec {
     let name = proxy.name_any();
     let s = &proxy.spec;
     let mut pod_labels = s.pod.labels.clone();
@@ -417,12 +466,39 @@ fn deployment(
         }),
         volume_mounts: Some(vec![
             volume_mount("config", CONFIG_DIR, true),
-            volume_mount("data", DATA_DIR, false),
+            volume_mount(DATA_VOLUME, DATA_DIR, false),
             volume_mount("tmp", "/tmp", false),
         ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
+    let config_volume = Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map_name(&name),
+            items: Some(vec![KeyToPath {
+                key: CONFIG_KEY.into(),
+                path: CONFIG_KEY.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let data_volume = match &s.data_volume.persistent {
+        Some(_) => None,
+        None => Some(empty_dir(
+            DATA_VOLUME,
+            s.data_volume
+                .empty_dir
+                .as_ref()
+                .map_or(DEFAULT_DATA_SIZE_LIMIT, |e| e.size_limit.as_str()),
+        )),
+    };
+    let volumes = std::iter::once(config_volume)
+        .chain(data_volume)
+        .chain([empty_dir("tmp", "64Mi")])
+        .collect();
     let pod = PodSpec {
         containers: vec![container],
         automount_service_account_token: Some(false),
@@ -440,23 +516,7 @@ fn deployment(
             }),
             ..Default::default()
         }),
-        volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: config_map_name(&name),
-                    items: Some(vec![KeyToPath {
-                        key: CONFIG_KEY.into(),
-                        path: CONFIG_KEY.into(),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            empty_dir("data", "1Gi"),
-            empty_dir("tmp", "64Mi"),
-        ]),
+        volumes: Some(volumes),
         node_selector: (!s.pod.node_selector.is_empty()).then(|| s.pod.node_selector.clone()),
         tolerations: (!s.pod.tolerations.is_empty()).then(|| s.pod.tolerations.clone()),
         affinity: s.pod.affinity.clone(),
@@ -467,6 +527,19 @@ fn deployment(
             .then(|| s.pod.image_pull_secrets.clone()),
         ..Default::default()
     };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(pod_annotations),
+            ..Default::default()
+        }),
+        spec: Some(pod),
+    }
+}
+
+fn deployment(proxy: &StratumProxy, template: PodTemplateSpec) -> Deployment {
+    let name = proxy.name_any();
+    let s = &proxy.spec;
     Deployment {
         metadata: meta(proxy, name.clone()),
         spec: Some(DeploymentSpec {
@@ -483,14 +556,111 @@ fn deployment(
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(pod_annotations),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
+            template,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The StatefulSet of a proxy with a persistent data volume: the same pod template as the
+/// Deployment, and one claim `data` per pod mounted at [`DATA_DIR`]. Pods start and stop in
+/// parallel (they share nothing); updates replace them one at a time, each pod stopping
+/// (draining) before its replacement, which gets the same claim, starts.
+fn stateful_set(
+    proxy: &StratumProxy,
+    template: PodTemplateSpec,
+    data: &PersistentDataVolume,
+) -> StatefulSet {
+    let name = proxy.name_any();
+    let retention = &data.claim_retention_policy;
+    // The API server refuses any change to a StatefulSet's claim templates, so this one holds
+    // only the spec's fixed settings (the CRD forbids changing them) and labels that cannot
+    // change either (the selector's).
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            labels: Some(selector_labels(&name)),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(
+                data.access_modes
+                    .iter()
+                    .map(|m| m.as_str().to_string())
+                    .collect(),
+            ),
+            storage_class_name: data.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(data.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    StatefulSet {
+        metadata: meta(proxy, name.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(proxy.spec.replicas),
+            revision_history_limit: Some(5),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
             },
+            service_name: Some(headless_service_name(&name)),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: None,
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(retention.when_deleted.as_str().into()),
+                    when_scaled: Some(retention.when_scaled.as_str().into()),
+                },
+            ),
+            volume_claim_templates: Some(vec![claim]),
+            template,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The headless Service that governs the StatefulSet (stable DNS names for its pods).
+fn headless_service(proxy: &StratumProxy) -> Service {
+    let name = proxy.name_any();
+    let mut metadata = meta(proxy, headless_service_name(&name));
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("loka.io/service".into(), "headless".into());
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("stratum".into()),
+                    port: proxy.spec.ports.stratum,
+                    target_port: Some(IntOrString::String("stratum".into())),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("http".into()),
+                    port: proxy.spec.ports.api,
+                    target_port: Some(IntOrString::String("http".into())),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+            ]),
             ..Default::default()
         }),
         status: None,

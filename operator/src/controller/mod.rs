@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::{Error, FIELD_MANAGER, Result};
 use build::{BuildOptions, endpoints, selector_string};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -209,7 +209,7 @@ async fn reconcile_proxy_inner(proxy: &StratumProxy, ctx: &Context) -> Result<Ac
                 .await?;
                 Outcome::Applied {
                     endpoints: endpoints(proxy, Some(&applied.stratum_service)),
-                    deployment: Box::new(applied.deployment),
+                    workload: Box::new(applied.workload),
                     config_hash: objects.config_hash,
                     selector: selector_string(&name),
                 }
@@ -324,6 +324,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     let proxies = proxies
         .owns(api::<ConfigMap>(&client, ns), owned())
         .owns(api::<Deployment>(&client, ns), owned())
+        .owns(api::<StatefulSet>(&client, ns), owned())
         .owns(api::<Service>(&client, ns), owned())
         .owns(api::<PodDisruptionBudget>(&client, ns), owned())
         .watches(

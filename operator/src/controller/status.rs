@@ -4,11 +4,11 @@
 //! `lastTransitionTime` while its status is unchanged, so an unchanged world gives an equal
 //! status and the controller writes nothing (no reconcile storms).
 
+use super::build::Workload;
 use crate::crd::conditions::{DEGRADED, PROGRESSING, READY};
 use crate::crd::{
     Condition, Endpoint, StratumPool, StratumPoolStatus, StratumProxy, StratumProxyStatus,
 };
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Reasons of the conditions (PascalCase).
@@ -33,9 +33,9 @@ pub enum Outcome {
     PoolMissing { pool: String },
     /// The spec (with its pool) does not make a valid proxy configuration.
     Invalid { errors: Vec<String> },
-    /// Objects applied; the Deployment as the API server returned it.
+    /// Objects applied; the workload (Deployment or StatefulSet) as the API server returned it.
     Applied {
-        deployment: Box<Deployment>,
+        workload: Box<Workload>,
         config_hash: String,
         endpoints: Vec<Endpoint>,
         selector: String,
@@ -67,20 +67,88 @@ fn condition(
     }
 }
 
-/// (ready, progressing, degraded) as (status, reason, message) from a Deployment.
-fn rollout(desired: i32, d: &Deployment) -> [(bool, &'static str, String); 3] {
-    let st = d.status.clone().unwrap_or_default();
-    let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
-    let ready = st.ready_replicas.unwrap_or(0);
-    let available = st.available_replicas.unwrap_or(0);
-    let updated = st.updated_replicas.unwrap_or(0);
-    let total = st.replicas.unwrap_or(0);
-    let conds = st.conditions.unwrap_or_default();
-    let stalled = conds.iter().any(|c| {
-        (c.type_ == "Progressing" && c.status == "False")
-            || (c.type_ == "ReplicaFailure" && c.status == "True")
-    });
-    let done = observed && updated >= desired && total == desired && available >= desired;
+/// The rollout state of a workload, whichever kind it is.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Observed {
+    /// The controller has seen the latest spec.
+    observed: bool,
+    replicas: i32,
+    ready: i32,
+    available: i32,
+    updated: i32,
+    /// Every pod runs the latest revision (a StatefulSet's `currentRevision` reaches its
+    /// `updateRevision` only once its rolling update is complete).
+    revision_current: bool,
+    /// Why the rollout is stuck, if the controller says it is.
+    stalled: Option<String>,
+}
+
+impl Observed {
+    fn of(workload: &Workload) -> Self {
+        match workload {
+            Workload::Deployment(d) => {
+                let st = d.status.clone().unwrap_or_default();
+                let conds = st.conditions.unwrap_or_default();
+                let stalled = conds
+                    .iter()
+                    .any(|c| {
+                        (c.type_ == "Progressing" && c.status == "False")
+                            || (c.type_ == "ReplicaFailure" && c.status == "True")
+                    })
+                    .then(|| {
+                        conds
+                            .iter()
+                            .find(|c| c.status != "True" || c.type_ == "ReplicaFailure")
+                            .and_then(|c| c.message.clone())
+                            .unwrap_or_default()
+                    });
+                Observed {
+                    observed: st.observed_generation.unwrap_or(0)
+                        >= d.metadata.generation.unwrap_or(0),
+                    replicas: st.replicas.unwrap_or(0),
+                    ready: st.ready_replicas.unwrap_or(0),
+                    available: st.available_replicas.unwrap_or(0),
+                    updated: st.updated_replicas.unwrap_or(0),
+                    revision_current: true,
+                    stalled,
+                }
+            }
+            // The StatefulSet controller sets no conditions and has no progress deadline: a
+            // stuck rollout (say, a claim that cannot bind) stays Progressing and not Ready.
+            Workload::StatefulSet(s) => {
+                let st = s.status.clone().unwrap_or_default();
+                Observed {
+                    observed: st.observed_generation.unwrap_or(0)
+                        >= s.metadata.generation.unwrap_or(0),
+                    replicas: st.replicas,
+                    ready: st.ready_replicas.unwrap_or(0),
+                    available: st.available_replicas.unwrap_or(0),
+                    updated: st.updated_replicas.unwrap_or(0),
+                    revision_current: st.update_revision.is_none()
+                        || st.current_revision == st.update_revision,
+                    stalled: None,
+                }
+            }
+        }
+    }
+}
+
+/// (ready, progressing, degraded) as (status, reason, message) from a workload.
+fn rollout(desired: i32, workload: &Workload) -> [(bool, &'static str, String); 3] {
+    let Observed {
+        observed,
+        replicas: total,
+        ready,
+        available,
+        updated,
+        revision_current,
+        stalled,
+    } = Observed::of(workload);
+    let done = observed
+        && revision_current
+        && updated >= desired
+        && total == desired
+        && available >= desired;
     let ready_c = if desired == 0 {
         (false, SCALED_TO_ZERO, "replicas is 0".to_string())
     } else if ready >= desired && available >= desired {
@@ -109,15 +177,9 @@ fn rollout(desired: i32, d: &Deployment) -> [(bool, &'static str, String); 3] {
             format!("{updated}/{desired} proxies up to date"),
         )
     };
-    let degraded = if stalled {
-        let why = conds
-            .iter()
-            .find(|c| c.status != "True" || c.type_ == "ReplicaFailure")
-            .and_then(|c| c.message.clone())
-            .unwrap_or_default();
-        (true, ROLLOUT_STALLED, format!("rollout stalled: {why}"))
-    } else {
-        (false, AS_EXPECTED, String::new())
+    let degraded = match stalled {
+        Some(why) => (true, ROLLOUT_STALLED, format!("rollout stalled: {why}")),
+        None => (false, AS_EXPECTED, String::new()),
     };
     [ready_c, progressing, degraded]
 }
@@ -143,7 +205,7 @@ pub fn proxy_status(proxy: &StratumProxy, outcome: &Outcome, now: &Time) -> Stra
                 (true, INVALID_SPEC, msg),
             ]
         }
-        Outcome::Applied { deployment, .. } => rollout(proxy.spec.replicas, deployment),
+        Outcome::Applied { workload, .. } => rollout(proxy.spec.replicas, workload),
     };
     let conditions = [
         (READY, ready),
@@ -159,15 +221,15 @@ pub fn proxy_status(proxy: &StratumProxy, outcome: &Outcome, now: &Time) -> Stra
         ..old
     };
     if let Outcome::Applied {
-        deployment,
+        workload,
         config_hash,
         endpoints,
         selector,
     } = outcome
     {
-        let st = deployment.status.clone().unwrap_or_default();
-        status.replicas = st.replicas.unwrap_or(0);
-        status.ready_replicas = st.ready_replicas.unwrap_or(0);
+        let observed = Observed::of(workload);
+        status.replicas = observed.replicas;
+        status.ready_replicas = observed.ready;
         status.selector = Some(selector.clone());
         status.endpoints = endpoints.clone();
         status.config_hash = Some(config_hash.clone());
@@ -211,7 +273,9 @@ pub fn pool_status(pool: &StratumPool, errors: &[String], now: &Time) -> Stratum
 mod tests {
     use super::*;
     use crate::crd::{PoolRef, StratumProxySpec};
-    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use k8s_openapi::api::apps::v1::{
+        Deployment, DeploymentCondition, DeploymentStatus, StatefulSet, StatefulSetStatus,
+    };
     use k8s_openapi::jiff::Timestamp;
 
     fn proxy(replicas: i32) -> StratumProxy {
@@ -236,8 +300,8 @@ mod tests {
         Time(Timestamp::from_second(secs).unwrap())
     }
 
-    fn deployment(replicas: i32, ready: i32, updated: i32) -> Box<Deployment> {
-        Box::new(Deployment {
+    fn deployment(replicas: i32, ready: i32, updated: i32) -> Box<Workload> {
+        Box::new(Workload::Deployment(Deployment {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 generation: Some(4),
                 ..Default::default()
@@ -251,12 +315,12 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
-    fn applied(d: Box<Deployment>) -> Outcome {
+    fn applied(workload: Box<Workload>) -> Outcome {
         Outcome::Applied {
-            deployment: d,
+            workload,
             config_hash: "abc".into(),
             endpoints: vec![],
             selector: "a=b".into(),
@@ -285,6 +349,84 @@ mod tests {
         assert_eq!(get(&s, READY).status, "False");
         assert_eq!(get(&s, PROGRESSING).status, "True");
         assert_eq!(get(&s, PROGRESSING).reason, ROLLING_OUT);
+    }
+
+    fn stateful_set(ready: i32, updated: i32, current: &str, update: &str) -> Box<Workload> {
+        Box::new(Workload::StatefulSet(StatefulSet {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                generation: Some(3),
+                ..Default::default()
+            },
+            status: Some(StatefulSetStatus {
+                observed_generation: Some(3),
+                replicas: 2,
+                ready_replicas: Some(ready),
+                available_replicas: Some(ready),
+                updated_replicas: Some(updated),
+                current_replicas: Some(2 - updated),
+                current_revision: Some(current.into()),
+                update_revision: Some(update.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn a_stateful_set_is_done_when_every_pod_runs_the_update_revision() {
+        let s = proxy_status(
+            &proxy(2),
+            &applied(stateful_set(2, 2, "edge-7f", "edge-7f")),
+            &at(100),
+        );
+        assert_eq!(get(&s, READY).status, "True");
+        assert_eq!(get(&s, PROGRESSING).status, "False");
+        assert_eq!(get(&s, PROGRESSING).reason, ROLLOUT_COMPLETE);
+        assert_eq!(get(&s, DEGRADED).status, "False");
+        assert_eq!((s.replicas, s.ready_replicas), (2, 2));
+    }
+
+    #[test]
+    fn a_stateful_set_rolls_out_until_its_current_revision_catches_up() {
+        // One of two pods replaced: not ready, rolling out.
+        let s = proxy_status(
+            &proxy(2),
+            &applied(stateful_set(1, 1, "edge-7f", "edge-8c")),
+            &at(100),
+        );
+        assert_eq!(get(&s, READY).status, "False");
+        assert_eq!(get(&s, PROGRESSING).reason, ROLLING_OUT);
+        assert_eq!(get(&s, PROGRESSING).message, "1/2 proxies up to date");
+        assert_eq!((s.replicas, s.ready_replicas), (2, 1));
+        // Both replaced and ready, but the controller has not yet recorded the update as
+        // complete (currentRevision still the old one): still rolling out.
+        let s = proxy_status(
+            &proxy(2),
+            &applied(stateful_set(2, 2, "edge-7f", "edge-8c")),
+            &at(100),
+        );
+        assert_eq!(get(&s, READY).status, "True");
+        assert_eq!(get(&s, PROGRESSING).status, "True");
+        assert_eq!(get(&s, PROGRESSING).reason, ROLLING_OUT);
+    }
+
+    #[test]
+    fn a_stalled_deployment_is_degraded() {
+        let mut d = deployment(2, 1, 2);
+        if let Workload::Deployment(d) = d.as_mut() {
+            d.status.as_mut().unwrap().conditions = Some(vec![DeploymentCondition {
+                type_: "Progressing".into(),
+                status: "False".into(),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                message: Some("ReplicaSet \"edge-5d\" has timed out progressing.".into()),
+                ..Default::default()
+            }]);
+        }
+        let s = proxy_status(&proxy(2), &applied(d), &at(100));
+        let degraded = get(&s, DEGRADED);
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, ROLLOUT_STALLED);
+        assert!(degraded.message.contains("timed out progressing"));
     }
 
     #[test]
