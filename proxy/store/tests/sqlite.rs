@@ -180,6 +180,147 @@ async fn embedded_sqlite_records_shares_and_accounts() {
     assert_eq!(left, (6, 3));
 }
 
+/// Every column of a stored share holds what the session judged, with the types the schema's
+/// readers expect, for batches larger than any one statement used to take; activity moves
+/// to the newest share of each worker and its miner.
+#[tokio::test]
+async fn shares_are_stored_column_for_column_and_activity_follows_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cfg) = open(dir.path()).await;
+    let (tx, rx) = mpsc::channel(8192);
+    let mut opts = WriterOptions::from_config(&cfg, &pools());
+    opts.batch_size = 5000;
+    opts.flush_interval = Duration::from_millis(500);
+    let handle = spawn_writer(store.clone(), rx, opts, 8192).unwrap();
+    let start = SystemTime::UNIX_EPOCH + Duration::from_micros(1_750_000_000_123_456);
+    let workers = ["alice.rig1", "alice.rig2", "bob.rig1"];
+    let mut n = 0u32;
+    for i in 0..1200u32 {
+        let w = workers[i as usize % 3];
+        n += 1;
+        let mut e = share_at(
+            w,
+            "main",
+            n,
+            i % 7 != 0,
+            "0.2500",
+            start + Duration::from_millis(u64::from(i)),
+        );
+        if i == 5
+            && let loka_store::events::Event::Share(s) = &mut e
+        {
+            s.version = Some("1fffe000".into());
+            s.block_hash =
+                Some("00000000000000000001a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7".into());
+        }
+        tx.send(e).await.unwrap();
+    }
+    // The newest share of each worker, 10 s after the rest (past the 5 s activity interval).
+    for (k, w) in workers.iter().enumerate() {
+        n += 1;
+        tx.send(share_at(
+            w,
+            "main",
+            n,
+            true,
+            "1",
+            start + Duration::from_secs(10 + k as u64),
+        ))
+        .await
+        .unwrap();
+    }
+    let report = handle.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(report.spool_bytes, 0);
+    assert_eq!(store.count_submissions().await.unwrap(), 1203);
+    let db = store.sqlite().unwrap();
+    // Each column with its SQLite storage class.
+    let row = |nonce: u32| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT json_array(job_id, extranonce1, extranonce2, ntime, nonce, \
+                    accepted, typeof(accepted), version, reject_reason, \
+                    difficulty, typeof(difficulty), block_hash, submitted_at) \
+             FROM submissions WHERE nonce = ?1",
+        )
+        .bind(format!("{nonce:08x}"))
+        .fetch_one(db)
+    };
+    let json = |s: String| serde_json::from_str::<serde_json::Value>(&s).unwrap();
+    assert_eq!(
+        json(row(6).await.unwrap()),
+        serde_json::json!([
+            "0",
+            "00010203",
+            "0000000000000001",
+            "665f1a2b",
+            "00000006",
+            1,
+            "integer",
+            "1fffe000",
+            null,
+            "0.25",
+            "text",
+            "00000000000000000001a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7",
+            "2025-06-15 15:06:40.128456"
+        ])
+    );
+    assert_eq!(
+        json(row(1).await.unwrap()),
+        serde_json::json!([
+            "0",
+            "00010203",
+            "0000000000000001",
+            "665f1a2b",
+            "00000001",
+            0,
+            "integer",
+            null,
+            "low_difficulty",
+            "0.25",
+            "text",
+            null,
+            "2025-06-15 15:06:40.123456"
+        ])
+    );
+    let ids: Vec<(String, String)> = sqlx::query_as(
+        "SELECT worker_id, id FROM submissions WHERE nonce IN ('00000001', '00000002')",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    assert_ne!(ids[0].0, ids[1].0, "two workers, two worker ids");
+    let activity: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT worker_name, last_activity FROM workers ORDER BY worker_name")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    assert_eq!(
+        activity,
+        vec![
+            (
+                "alice.rig1".into(),
+                Some("2025-06-15 15:06:50.123456".into())
+            ),
+            (
+                "alice.rig2".into(),
+                Some("2025-06-15 15:06:51.123456".into())
+            ),
+            ("bob.rig1".into(), Some("2025-06-15 15:06:52.123456".into())),
+        ]
+    );
+    let seen: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT username, last_seen FROM miners ORDER BY username")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            ("alice".into(), Some("2025-06-15 15:06:51.123456".into())),
+            ("bob".into(), Some("2025-06-15 15:06:52.123456".into())),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_database_leaves_the_batch_in_the_spool_for_the_next_start() {
     let dir = tempfile::tempdir().unwrap();

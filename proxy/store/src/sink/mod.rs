@@ -91,6 +91,10 @@ struct Resolved<'r> {
     workers: Vec<(Uuid, String, Uuid)>,
 }
 
+/// How far `workers.last_activity` and `miners.last_seen` may lag behind the newest share
+/// (5 s): a worker's row is written at most once per this interval, not once per batch.
+const ACTIVITY_EVERY_US: i64 = 5_000_000;
+
 type Pg = sqlx::Postgres;
 type Lite = sqlx::Sqlite;
 

@@ -2,7 +2,7 @@
 //! (or, for a batch stored before, an insert that skips stored rows), activity.
 
 use super::copy::{COPY_SIGNATURE, copy_row};
-use super::{Conflicts, Outcome, Pg, Resolved, Sink, lifecycle_worker, names};
+use super::{ACTIVITY_EVERY_US, Conflicts, Outcome, Pg, Resolved, Sink, lifecycle_worker, names};
 use crate::db::utc;
 use crate::record::{ConnectRecord, DisconnectRecord, Record, ShareRecord, miner_of};
 use crate::{Error, Result};
@@ -11,9 +11,6 @@ use foldhash::{HashMap, HashSet};
 use rust_decimal::Decimal;
 use sqlx::postgres::PgArgumentBuffer;
 use uuid::Uuid;
-
-/// How far `workers.last_activity` may lag behind the newest share (5 s).
-const ACTIVITY_EVERY_US: i64 = 5_000_000;
 
 impl Sink {
     // --- PostgreSQL --------------------------------------------------------------------------

@@ -1,14 +1,33 @@
-//! Writing a batch to SQLite: the same steps as PostgreSQL, shares by multi-row `INSERT`.
+//! Writing a batch to SQLite: the same steps as PostgreSQL; shares and activity each by one
+//! statement over the batch passed as JSON (`json_each`).
 
-use super::{Lite, Outcome, Sink, names, parse_id};
-use crate::Result;
+use super::{ACTIVITY_EVERY_US, Lite, Outcome, Sink, names, parse_id};
 use crate::db::{sqlite_time, utc};
 use crate::record::{Record, ShareRecord, miner_of};
+use crate::{Error, Result};
 use foldhash::HashMap;
 use uuid::Uuid;
 
-/// Rows per multi-row INSERT on SQLite.
-const SQLITE_ROWS_PER_INSERT: usize = 500;
+/// Appends one share to `out` as the JSON array the INSERT reads, in its column order.
+fn push_share_row(out: &mut Vec<u8>, s: &ShareRecord, worker: &Uuid) -> Result<()> {
+    let row = (
+        &s.id,
+        worker,
+        &s.job_id,
+        &s.extranonce1,
+        &s.extranonce2,
+        &s.ntime,
+        &s.nonce,
+        &s.version,
+        s.accepted,
+        &s.reject_reason,
+        s.difficulty.normalize().to_string(),
+        &s.block_hash,
+        sqlite_time(utc(s.at_us)),
+    );
+    out.push(if out.is_empty() { b'[' } else { b',' });
+    serde_json::to_writer(out, &row).map_err(|e| Error::Invalid(format!("share as JSON: {e}")))
+}
 
 impl Sink {
     // --- SQLite ------------------------------------------------------------------------------
@@ -66,70 +85,82 @@ impl Sink {
                 Record::Share(_) => {}
             }
         }
-        // Shares: multi-row INSERTs (SQLITE_LIMIT_VARIABLE_NUMBER is 32766: 13 per row).
-        let shares: Vec<&ShareRecord> = records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Share(s) => Some(s),
-                _ => None,
-            })
-            .collect();
-        for chunk in shares.chunks(SQLITE_ROWS_PER_INSERT) {
-            let mut sql = String::from(
-                "INSERT INTO submissions (id, worker_id, job_id, extranonce1, extranonce2, \
-                 ntime, nonce, version, accepted, reject_reason, difficulty, block_hash, \
-                 submitted_at) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                sql.push_str(if i == 0 { "" } else { "," });
-                sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?)");
-            }
-            sql.push_str(" ON CONFLICT DO NOTHING");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for s in chunk {
+        // Shares: one INSERT reading the whole batch from one JSON parameter. The statement's
+        // text never changes, so it is prepared once per connection, and a batch is one
+        // round trip to SQLite's thread whatever its size (a multi-row VALUES list would be
+        // a new statement for every batch size).
+        let mut rows = Vec::new();
+        let mut count = 0u64;
+        for r in records {
+            if let Record::Share(s) = r {
                 let w = ids[&(&*s.pool, &*s.worker)];
-                q = q
-                    .bind(s.id.to_string())
-                    .bind(w.to_string())
-                    .bind(s.job_id.as_str())
-                    .bind(s.extranonce1.as_str())
-                    .bind(s.extranonce2.as_str())
-                    .bind(s.ntime.as_str())
-                    .bind(s.nonce.as_str())
-                    .bind(s.version.as_deref())
-                    .bind(s.accepted)
-                    .bind(s.reject_reason.as_deref())
-                    .bind(s.difficulty.normalize().to_string())
-                    .bind(s.block_hash.as_deref())
-                    .bind(sqlite_time(utc(s.at_us)));
+                push_share_row(&mut rows, s, &w)?;
+                count += 1;
                 let e = activity.entry(w).or_insert(s.at_us);
                 *e = (*e).max(s.at_us);
             }
-            let n = q.execute(&mut *tx).await?.rows_affected();
-            out.inserted += n;
-            out.duplicates += chunk.len() as u64 - n;
         }
-        for (w, at) in activity {
-            let at = sqlite_time(utc(at));
-            sqlx::query(
-                "UPDATE workers SET last_activity = ?2 \
-                 WHERE id = ?1 AND (last_activity IS NULL OR last_activity < ?2)",
+        if count > 0 {
+            rows.push(b']');
+            let rows = String::from_utf8(rows)
+                .map_err(|e| Error::Invalid(format!("shares as JSON: {e}")))?;
+            let n = sqlx::query(
+                "INSERT INTO submissions (id, worker_id, job_id, extranonce1, extranonce2, \
+                   ntime, nonce, version, accepted, reject_reason, difficulty, block_hash, \
+                   submitted_at) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+                   value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9, \
+                   value ->> 10, value ->> 11, value ->> 12 \
+                 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING",
             )
-            .bind(w.to_string())
-            .bind(&at)
+            .bind(rows)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            out.inserted += n;
+            out.duplicates += count - n;
+        }
+        // Activity moves forward at most every ACTIVITY_EVERY per worker, all workers of the
+        // batch in one statement for `workers` and one for `miners`.
+        let mut due: Vec<(Uuid, i64)> = activity
+            .into_iter()
+            .filter(|(w, t)| {
+                self.activity
+                    .get(w)
+                    .is_none_or(|last| *t - *last >= ACTIVITY_EVERY_US)
+            })
+            .collect();
+        due.sort_unstable();
+        if !due.is_empty() {
+            let json = serde_json::Value::Array(
+                due.iter()
+                    .map(|(w, at)| serde_json::json!([w.to_string(), sqlite_time(utc(*at))]))
+                    .collect(),
+            )
+            .to_string();
+            sqlx::query(
+                "UPDATE workers SET last_activity = v.value ->> 1 FROM json_each(?1) AS v \
+                 WHERE workers.id = v.value ->> 0 \
+                   AND (workers.last_activity IS NULL OR workers.last_activity < v.value ->> 1)",
+            )
+            .bind(&json)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "UPDATE miners SET last_seen = ?2 \
-                 WHERE id = (SELECT miner_id FROM workers WHERE id = ?1) \
-                   AND (last_seen IS NULL OR last_seen < ?2)",
+                "UPDATE miners SET last_seen = m.at \
+                 FROM (SELECT w.miner_id AS id, MAX(v.value ->> 1) AS at \
+                       FROM json_each(?1) AS v JOIN workers w ON w.id = v.value ->> 0 \
+                       GROUP BY w.miner_id) AS m \
+                 WHERE miners.id = m.id AND (miners.last_seen IS NULL OR miners.last_seen < m.at)",
             )
-            .bind(w.to_string())
-            .bind(&at)
+            .bind(&json)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
+        for (w, t) in due {
+            self.activity.insert(w, t);
+        }
         Ok(out)
     }
 
