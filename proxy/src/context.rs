@@ -18,6 +18,16 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// What is left of handing over a record: ready at once, or (the queue was full) a boxed
+/// wait for room that owns what it needs.
+pub type Emit =
+    futures::future::Either<std::future::Ready<()>, futures::future::BoxFuture<'static, ()>>;
+
+/// An [`Emit`] with nothing left to wait for.
+pub fn handed_over() -> Emit {
+    futures::future::Either::Left(std::future::ready(()))
+}
+
 /// State every session shares. Read-mostly; nothing here is locked on the share path except
 /// a job's duplicate set and (at subscribe) the extranonce allocator.
 pub struct Shared {
@@ -127,28 +137,26 @@ impl Shared {
     /// Hand a share event to API subscribers and the storage queue. A paid share is never
     /// dropped for want of room: when the queue is full the returned future waits for it.
     /// The hand-over is done before this returns; the future is ready at once unless the
-    /// queue was full, and then it is boxed, so sessions' futures carry a pointer rather
-    /// than a send future at every call.
-    pub fn emit_share(
-        &self,
-        event: Event,
-    ) -> futures::future::Either<std::future::Ready<()>, futures::future::BoxFuture<'_, ()>> {
+    /// queue was full, and then it is boxed and owns what it needs, so sessions' code that
+    /// records shares can be synchronous and their futures carry a pointer at most.
+    pub fn emit_share(self: &Arc<Self>, event: Event) -> Emit {
         use futures::future::Either;
         self.to_subscribers(&event);
         if !self.events_enabled {
-            return Either::Left(std::future::ready(()));
+            return handed_over();
         }
         match self.events.try_deliver(event) {
-            Delivered::Now => Either::Left(std::future::ready(())),
+            Delivered::Now => handed_over(),
             Delivered::Closed => {
                 self.stats.events_dropped.fetch_add(1, Relaxed);
-                Either::Left(std::future::ready(()))
+                handed_over()
             }
             Delivered::Full(event) => {
                 self.stats.events_waited.fetch_add(1, Relaxed);
+                let shared = self.clone();
                 Either::Right(Box::pin(async move {
-                    if !self.events.send(*event).await {
-                        self.stats.events_dropped.fetch_add(1, Relaxed);
+                    if !shared.events.send(*event).await {
+                        shared.stats.events_dropped.fetch_add(1, Relaxed);
                     }
                 }))
             }

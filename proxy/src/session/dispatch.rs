@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
-use tracing::Instrument;
 
 use super::{Authorized, Close, MAX_WORKERS_PER_CONNECTION, SERVER_VERSION, Session};
 
@@ -59,17 +58,23 @@ impl Session {
         match request {
             Request::Submit(s) => {
                 let started = Instant::now();
-                let span = tracing::debug_span!("submit", worker = %s.worker, job = %s.job_id);
-                self.on_submit(&id, s).instrument(span).await;
+                let recorded = {
+                    let span = tracing::debug_span!("submit", worker = %s.worker, job = %s.job_id);
+                    let _in = span.enter();
+                    self.on_submit(&id, s)
+                };
+                recorded.await;
                 let elapsed = started.elapsed().as_secs_f64();
                 self.shared.stats.submit_latency.observe(elapsed);
             }
             Request::Subscribe {
                 user_agent,
                 session_id,
-            } => self.on_subscribe(&id, user_agent, session_id).await,
+                // Boxed, as is configure: the handshake's futures take no room in the
+                // session's future for the rest of its life.
+            } => Box::pin(self.on_subscribe(&id, user_agent, session_id)).await,
             Request::Authorize { username, .. } => self.on_authorize(&id, username),
-            Request::Configure(c) => self.on_configure(&id, c).await,
+            Request::Configure(c) => Box::pin(self.on_configure(&id, c)).await,
             Request::SuggestDifficulty(d) => {
                 self.out.extend(result_line(&id, "true"));
                 if let Some(v) = self.vardiff.as_mut() {

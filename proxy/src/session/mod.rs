@@ -317,10 +317,11 @@ impl Session {
                 }
             }
         }
+        // Boxed: what runs once, at the close, takes no room in every session's future.
         verdicts.extend(self.awaiting.drain(..));
-        self.settle_verdicts(verdicts).await;
+        Box::pin(self.settle_verdicts(verdicts)).await;
         unacked.append(&mut self.unacked);
-        self.settle_unacked(unacked).await;
+        Box::pin(self.settle_unacked(unacked)).await;
         // If the miner can still hear them (a drain, an idle or admin close), the replies
         // settled on the way out go to it.
         let open = !matches!(self.close, Some(Close::PeerClosed | Close::Io(_)));

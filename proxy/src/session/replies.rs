@@ -2,6 +2,7 @@
 //! (passthrough), or once the writer says the record is stored (durable acknowledgement);
 //! and settling what is still open when the session closes.
 
+use crate::context::{Emit, handed_over};
 use crate::events::{DurableAck, Event, ShareEvent};
 use crate::stats::WorkerStats;
 use crate::upstream::Verdict;
@@ -81,18 +82,19 @@ impl Session {
 
     /// A share that is good (valid, and in passthrough accepted by the pool): "accepted" now,
     /// or in durable mode once the writer says its record is stored ([`Self::acknowledged`]).
-    pub(super) async fn accept(
+    /// Returns the record's hand-over (see [`Shared::emit_share`](crate::context::Shared::emit_share)).
+    pub(super) fn accept(
         &mut self,
         request_id: &str,
         event: Option<ShareEvent>,
         worker: Arc<WorkerStats>,
         difficulty: f64,
-    ) {
+    ) -> Emit {
         match event {
             Some(mut event) if let Some(wait) = self.durable => {
                 let (ack, stored) = DurableAck::new();
                 event.durable = Some(ack);
-                self.shared.emit_share(Event::Share(event)).await;
+                let emitted = self.shared.emit_share(Event::Share(event));
                 self.unacked.push_back(Unacked {
                     request_id: request_id.to_string(),
                     stored,
@@ -100,11 +102,13 @@ impl Session {
                     worker,
                     difficulty,
                 });
+                emitted
             }
             event => {
                 self.credit(request_id, &worker, difficulty);
-                if let Some(event) = event {
-                    self.shared.emit_share(Event::Share(event)).await;
+                match event {
+                    Some(event) => self.shared.emit_share(Event::Share(event)),
+                    None => handed_over(),
                 }
             }
         }
@@ -148,12 +152,10 @@ impl Session {
     /// session is stale (21, `job_not_found`); a share the pool never answered gets 20
     /// "pool did not answer the share" (`upstream_unanswered`): the proxy cannot promise
     /// credit the pool may not have given.
-    pub(super) async fn on_verdict(&mut self, a: AwaitingVerdict, v: Verdict) {
+    pub(super) fn on_verdict(&mut self, a: AwaitingVerdict, v: Verdict) -> Emit {
         let (err, reason) = match v {
             Verdict::Answered(Ok(())) => {
-                return self
-                    .accept(&a.request_id, a.event, a.worker, a.difficulty)
-                    .await;
+                return self.accept(&a.request_id, a.event, a.worker, a.difficulty);
             }
             Verdict::Answered(Err(e)) => (e, "upstream_rejected"),
             Verdict::NotSent => {
@@ -168,11 +170,14 @@ impl Session {
         };
         self.shared.stats.rejected(err.code);
         a.worker.rejected.fetch_add(1, Relaxed);
-        if let Some(mut ev) = a.event {
-            ev.accepted = false;
-            ev.reject_reason = Some(reason);
-            self.shared.emit_share(Event::Share(ev)).await;
-        }
         self.out.extend(error_line(&a.request_id, "false", &err));
+        match a.event {
+            Some(mut ev) => {
+                ev.accepted = false;
+                ev.reject_reason = Some(reason);
+                self.shared.emit_share(Event::Share(ev))
+            }
+            None => handed_over(),
+        }
     }
 }

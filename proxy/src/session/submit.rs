@@ -1,6 +1,7 @@
 //! Judging a miner's `mining.submit`: the job, the hash, the difficulty, duplicates; then
 //! forwarding what meets the pool's target and handing the verdict to [`super::replies`].
 
+use crate::context::{Emit, handed_over};
 use crate::events::{Event, ShareEvent};
 use crate::stats::WorkerStats;
 use crate::upstream::Submission;
@@ -14,6 +15,7 @@ use loka_stratum::{Difficulty, StratumError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
+use tokio::sync::mpsc::error::TrySendError;
 
 use super::Session;
 use super::replies::{AwaitingVerdict, VERDICT_MARGIN, await_verdict};
@@ -24,20 +26,24 @@ type Judged = (Arc<LocalJob>, HashedShare, Difficulty);
 type Refused = (StratumError, Option<Arc<LocalJob>>);
 
 impl Session {
-    pub(super) async fn on_submit(&mut self, id: &str, submit: Submit) {
+    /// Judge, reply, forward and record a submit without waiting: what may have to wait (a
+    /// full storage queue or pool connection: backpressure, never a drop) is the returned
+    /// future, which the caller awaits before reading the miner's next line. So the
+    /// session's future holds no submit state at all.
+    pub(super) fn on_submit(&mut self, id: &str, submit: Submit) -> Emit {
         let stats = self.shared.stats.clone();
         stats.shares_submitted.fetch_add(1, Relaxed);
         if !self.subscribed {
             stats.rejected(loka_stratum::error::ErrorCode::NotSubscribed);
             self.out
                 .extend(error_line(id, "false", &StratumError::not_subscribed()));
-            return;
+            return handed_over();
         }
         let Some(worker) = self.workers.iter().find(|w| *w.name == *submit.worker) else {
             stats.rejected(loka_stratum::error::ErrorCode::Unauthorized);
             self.out
                 .extend(error_line(id, "false", &StratumError::unauthorized()));
-            return;
+            return handed_over();
         };
         let worker_name = worker.name.clone();
         let worker_stats = worker.stats.clone();
@@ -50,7 +56,7 @@ impl Session {
         let (job, share, difficulty) = match self.judge(&submit, work.as_deref()) {
             Ok(judged) => judged,
             Err((err, job)) => {
-                self.reject(
+                return self.reject(
                     id,
                     &err,
                     &worker_stats,
@@ -58,14 +64,12 @@ impl Session {
                     &pool,
                     &submit,
                     job.as_deref(),
-                )
-                .await;
-                return;
+                );
             }
         };
         let block = share.meets(&job.network_target);
         let forward = block || share.meets(&job.upstream_target);
-        let mut event = self.shared.events_enabled().then(|| ShareEvent {
+        let event = self.shared.events_enabled().then(|| ShareEvent {
             // The header's version, whatever bits the miner rolled.
             version: submit
                 .version_bits
@@ -83,6 +87,8 @@ impl Session {
         // Passthrough relays the pool's verdict on the shares it forwards.
         let passthrough_wait = forward && self.shared.mode == Mode::Passthrough;
         let mut verdict_rx = None;
+        // A submission the pool connection had no room for yet.
+        let mut blocked = None;
         if forward && let Some(upstream) = &self.upstream {
             let layout_en2 = match &work {
                 Some(w) => w
@@ -108,13 +114,40 @@ impl Session {
                     tx
                 }),
             };
-            // Backpressure from the pool connection reaches the miner here, never a drop. A
-            // send that fails (the upstream task is gone) drops the submission, and with it
-            // the verdict's sender: the share is settled as unanswered.
-            if upstream.submit.send(sub).await.is_ok() {
-                stats.shares_forwarded.fetch_add(1, Relaxed);
+            // Backpressure from the pool connection reaches the miner (the returned future
+            // waits for room before the next line is read), never a drop. A send that fails
+            // (the upstream task is gone) drops the submission, and with it the verdict's
+            // sender: the share is settled as unanswered.
+            match upstream.submit.try_send(sub) {
+                Ok(()) => {
+                    stats.shares_forwarded.fetch_add(1, Relaxed);
+                }
+                Err(TrySendError::Full(sub)) => blocked = Some((upstream.submit.clone(), sub)),
+                Err(TrySendError::Closed(_)) => {}
             }
         }
+        let recorded = self.settle(id, verdict_rx, event, worker_stats, difficulty);
+        match blocked {
+            None => recorded,
+            Some((tx, sub)) => Emit::Right(Box::pin(async move {
+                if tx.send(sub).await.is_ok() {
+                    stats.shares_forwarded.fetch_add(1, Relaxed);
+                }
+                recorded.await;
+            })),
+        }
+    }
+
+    /// A judged share's verdict: passthrough waits for the pool's on a forwarded share,
+    /// otherwise it is accepted now (and vardiff counts it).
+    fn settle(
+        &mut self,
+        id: &str,
+        verdict_rx: Option<tokio::sync::oneshot::Receiver<crate::upstream::Verdict>>,
+        mut event: Option<ShareEvent>,
+        worker_stats: Arc<WorkerStats>,
+        difficulty: Difficulty,
+    ) -> Emit {
         if let Some(rx) = verdict_rx {
             let wait = self.shared.config().upstream.response_timeout + VERDICT_MARGIN;
             let a = AwaitingVerdict {
@@ -124,16 +157,16 @@ impl Session {
                 difficulty: difficulty.to_f64(),
             };
             self.awaiting.push(await_verdict(a, rx, wait));
-            return;
+            return handed_over();
         }
-        self.accept(id, event, worker_stats, difficulty.to_f64())
-            .await;
+        let recorded = self.accept(id, event, worker_stats, difficulty.to_f64());
         if let Some(v) = self.vardiff.as_mut() {
             if let Some(d) = v.on_share(Instant::now()) {
                 self.change_difficulty(d);
             }
             self.update_wants();
         }
+        recorded
     }
 
     /// A submit's verdict: its job, its hash and the difficulty it met, or why it is
@@ -203,7 +236,7 @@ impl Session {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn reject(
+    pub(super) fn reject(
         &mut self,
         id: &str,
         err: &StratumError,
@@ -212,7 +245,7 @@ impl Session {
         pool: &Arc<str>,
         submit: &Submit,
         job: Option<&LocalJob>,
-    ) {
+    ) -> Emit {
         self.shared.stats.rejected(err.code);
         worker.rejected.fetch_add(1, Relaxed);
         self.out.extend(error_line(id, "false", err));
@@ -225,8 +258,9 @@ impl Session {
                 difficulty,
                 Some(err.code.reason()),
             );
-            self.shared.emit_share(Event::Share(event)).await;
+            return self.shared.emit_share(Event::Share(event));
         }
+        handed_over()
     }
 }
 
