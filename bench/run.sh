@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Load benchmarks of the proxy, as reported in BENCHMARKS.md. Bounded in time; stops by itself.
-#   bench/run.sh [hold|throughput|api|api-cost|storage|profile|all]
+#   bench/run.sh [hold|throughput|api|api-cost|storage|profile|farm|heap|all]
 # profile: perf (Debian linux-perf) records the proxy under 10,000 miners; prints self time
 # by function and by thread.
+# heap: dhat (the proxy built with --features dhat-heap) under 10,000 miners (HEAP_MINERS) at
+# 0.2 shares/s, storage on; prints the allocation sites holding the most bytes at the peak.
+# farm: the same miners straight to the pool and through the proxy (SQLite storage) in one
+# run, and the ratios: submit p99, notify fan-out p99, proxy CPU and RSS per miner.
+# FARM_MINERS (list, 10000), FARM_RATES (shares/s per miner, list, "0.2 1"), FARM_RAMP (10),
+# FARM_DURATION (60), FARM_JOB_INTERVAL (5), FARM_BASELINE (another loka-proxy binary, e.g. a
+# build of an earlier commit: an arm of its own in the same run), BENCH_OUT (copy the JSON lines there, for
+# bench/plot.py).
 # storage: STORAGE_RATE (shares/s, 10000), STORAGE_REPEAT (alternating off/on runs, 1),
 # STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
 # SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
@@ -75,7 +83,7 @@ writer_nice = ${STORAGE_WRITER_NICE:-10}
 [logging]
 level = "warn"
 T
-  "${pin[@]}" "$P" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+  "${pin[@]}" "${PROXY_BIN:-$P}" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
   proxy_pid=$!
   pids+=($proxy_pid)
   for _ in $(seq 100); do
@@ -391,6 +399,93 @@ PY
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 
+farm_arm() { # $1 label $2 target port $3 miners $4 shares/s per miner $5 json name [$6 proxy pid]
+  local total rss0 rss1="" t0 t1 b steady=$((FARM_DURATION - FARM_RAMP - 10))
+  total=$(python3 -c "print($3 * $4)")
+  [ -n "${6:-}" ] && rss0=$(rss_kib "$6")
+  "$B" --target "127.0.0.1:$2" --connections "$3" --rate "$total" --processes 2 --ramp "$FARM_RAMP" \
+    --duration "$FARM_DURATION" >"$work/$5.json" 2>/dev/null &
+  b=$!
+  # CPU and RSS over the steady part: after the ramp and 5 s, until 5 s before the end.
+  sleep $((FARM_RAMP + 5))
+  [ -n "${6:-}" ] && t0=$(cpu_ticks "$6")
+  sleep "$steady"
+  if [ -n "${6:-}" ]; then t1=$(cpu_ticks "$6"); rss1=$(rss_kib "$6"); fi
+  wait "$b"
+  python3 - "$1" "$work/$5.json" "$3" "$4" "${rss0:-}" "$rss1" "${t0:-0}" "${t1:-0}" "$steady" "$(getconf CLK_TCK)" <<'PY' | tee -a "$work/farm.jsonl"
+import json, sys
+label, path, miners, rate, rss0, rss1, t0, t1, secs, hz = sys.argv[1:]
+d = json.load(open(path))
+out = {"scenario": label, "miners": int(miners), "shares_per_miner_per_s": float(rate),
+       "established": d["connections_established"], "disconnects": d["disconnects"],
+       "accepted_per_sec": round(d["accepted_per_sec"]), "rejected": d["rejected"],
+       "unanswered": d["unanswered"],
+       "submit_p50_ms": round(d["latency_us"]["p50"] / 1000, 2),
+       "submit_p99_ms": round(d["latency_us"]["p99"] / 1000, 2),
+       "fanout_p50_ms": round(d["notify_fanout_ms"]["p50"], 1) if d.get("notify_fanout_ms") else None,
+       "fanout_p99_ms": round(d["notify_fanout_ms"]["p99"], 1) if d.get("notify_fanout_ms") else None}
+if rss1:
+    out["proxy_cpu_percent_of_200"] = round((int(t1) - int(t0)) * 100 / int(hz) / int(secs), 1)
+    out["proxy_rss_kib"] = int(rss1)
+    out["rss_bytes_per_miner"] = round((int(rss1) - int(rss0)) * 1024 / max(d["connections_established"], 1))
+print(json.dumps(out))
+PY
+}
+
+farm() { # the same miners straight to the pool and through the proxy (storage on, SQLite), in one run
+  FARM_RAMP="${FARM_RAMP:-10}" FARM_DURATION="${FARM_DURATION:-60}"
+  local miners rate
+  start_pool 13340 0.000000001 "${FARM_JOB_INTERVAL:-5}"
+  for miners in ${FARM_MINERS:-10000}; do
+    for rate in ${FARM_RATES:-0.2 1}; do
+      farm_arm "direct: $miners miners x $rate shares/s" 13340 "$miners" "$rate" "direct-$miners-$rate"
+      if [ -n "${FARM_BASELINE:-}" ]; then
+        PROXY_BIN="$FARM_BASELINE" start_proxy 13340 0.000000001 true embedded
+        farm_arm "baseline proxy (SQLite storage): $miners miners x $rate shares/s" 13333 "$miners" "$rate" "baseline-$miners-$rate" "$proxy_pid"
+        kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+        rm -rf "$work"/loka.db* "$work"/loka-spool
+      fi
+      start_proxy 13340 0.000000001 true embedded
+      farm_arm "proxy (SQLite storage): $miners miners x $rate shares/s" 13333 "$miners" "$rate" "proxy-$miners-$rate" "$proxy_pid"
+      kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+      rm -rf "$work"/loka.db* "$work"/loka-spool
+    done
+  done
+  # Ratios, proxy over direct, per load.
+  python3 - "$work/farm.jsonl" <<'PY' | tee -a "$work/farm.jsonl"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+for p in (r for r in rows if "proxy (" in r["scenario"]):
+    d = next(r for r in rows if r["scenario"].startswith("direct") and r["miners"] == p["miners"]
+             and r["shares_per_miner_per_s"] == p["shares_per_miner_per_s"])
+    ratio = lambda k: round(p[k] / d[k], 2) if p.get(k) and d.get(k) else None
+    who = p["scenario"].split(" (")[0]
+    print(json.dumps({"scenario": f"ratio {who}/direct: {p['miners']} miners x {p['shares_per_miner_per_s']} shares/s",
+                      "miners": p["miners"], "shares_per_miner_per_s": p["shares_per_miner_per_s"],
+                      "submit_p99": ratio("submit_p99_ms"), "fanout_p99": ratio("fanout_p99_ms"),
+                      "proxy_cpu_percent_of_200": p.get("proxy_cpu_percent_of_200"),
+                      "rss_bytes_per_miner": p.get("rss_bytes_per_miner")}))
+PY
+  [ -n "${BENCH_OUT:-}" ] && cp "$work/farm.jsonl" "$BENCH_OUT"
+  true
+}
+
+heap() { # where the proxy's heap goes at 10,000 miners (dhat; every allocation counted, so slow)
+  cargo build --release -q -p loka-proxy --features dhat-heap
+  cp "$CARGO_TARGET_DIR/release/loka-proxy" "$work/loka-proxy-dhat"
+  cargo build --release -q -p loka-proxy # the plain binary back in place for the other scenarios
+  start_pool 13341 0.000000001 5
+  LOKA_DHAT_FILE="$work/dhat.json" PROXY_BIN="$work/loka-proxy-dhat" start_proxy 13341 0.000000001 true embedded
+  "$B" --target 127.0.0.1:13333 --connections "${HEAP_MINERS:-10000}" --rate "$(( ${HEAP_MINERS:-10000} / 5 ))" \
+    --processes 2 --ramp 10 --duration 40 >"$work/heap.json" 2>/dev/null
+  summary "heap profile load: ${HEAP_MINERS:-10000} miners at 0.2 shares/s each, storage on (SQLite)" "$work/heap.json"
+  # SIGTERM while the miners are still connected would drain them first; they have gone.
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  python3 bench/dhat_top.py "$work/dhat.json" "${HEAP_MINERS:-10000}"
+  [ -n "${BENCH_OUT:-}" ] && cp "$work/dhat.json" "$BENCH_OUT"
+  true
+}
+
 profile() { # where the proxy's CPU goes: 10,000 miners at 0.2 shares/s each, storage on (SQLite)
   start_pool 13336 0.000000001 5
   start_proxy 13336 0.000000001 true embedded
@@ -420,6 +515,8 @@ case "${1:-all}" in
   api-cost) api_cost ;;
   storage) storage ;;
   profile) profile ;;
+  farm) farm ;;
+  heap) heap ;;
   all) hold; throughput; api; api_cost; storage ;;
-  *) echo "usage: $0 [hold|throughput|api|api-cost|storage|profile|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [hold|throughput|api|api-cost|storage|profile|farm|heap|all]" >&2; exit 2 ;;
 esac

@@ -23,7 +23,15 @@ fn load(cli: &Cli) -> Result<Config, ExitCode> {
     })
 }
 
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _heap = dhat::Profiler::builder()
+        .file_name(std::env::var_os("LOKA_DHAT_FILE").unwrap_or_else(|| "dhat-heap.json".into()))
+        .build();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
