@@ -166,7 +166,7 @@ impl Session {
             ledger: DifficultyLedger::new(difficulty),
             difficulty_sent: None,
             last_job_seq: 0,
-            out: Vec::with_capacity(256),
+            out: Vec::new(),
             close: None,
             first_work_at: None,
             notify_received_at: None,
@@ -208,6 +208,15 @@ impl Session {
                 handshake_deadline
             };
             let tick_at = Instant::now() + vardiff_tick;
+            let ticking = self.vardiff.is_some() && self.ready();
+            // One timer for the three instants (each a timer entry in every session's future).
+            let mut wake = deadline;
+            if let Some(t) = self.first_work_at {
+                wake = wake.min(t);
+            }
+            if ticking {
+                wake = wake.min(tick_at);
+            }
             tokio::select! {
                 biased;
                 _ = drain.cancelled() => {
@@ -280,22 +289,24 @@ impl Session {
                 Some((a, v)) = verdicts.next(), if !verdicts.is_empty() => {
                     self.on_verdict(a, v).await;
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    self.close = Some(if self.ready() { Close::IdleTimeout } else { Close::HandshakeTimeout });
-                }
-                _ = tokio::time::sleep_until(self.first_work_at.unwrap_or_else(Instant::now).into()), if self.first_work_at.is_some() => {
-                    self.first_work_at = None;
-                    if self.last_job_seq == 0 && let Some(rx) = self.work_rx.as_mut() {
-                        let work = rx.borrow_and_update().clone();
-                        self.send_work(work.as_deref(), true);
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        self.close = Some(if self.ready() { Close::IdleTimeout } else { Close::HandshakeTimeout });
+                    } else if let Some(t) = self.first_work_at && now >= t {
+                        self.first_work_at = None;
+                        if self.last_job_seq == 0 && let Some(rx) = self.work_rx.as_mut() {
+                            let work = rx.borrow_and_update().clone();
+                            self.send_work(work.as_deref(), true);
+                        }
                     }
-                }
-                _ = tokio::time::sleep_until(tick_at.into()), if self.vardiff.is_some() && self.ready() => {
-                    if let Some(d) = self.vardiff.as_mut().and_then(|v| v.on_tick(Instant::now())) {
-                        self.change_difficulty(d);
+                    if self.close.is_none() && ticking && now >= tick_at {
+                        if let Some(d) = self.vardiff.as_mut().and_then(|v| v.on_tick(now)) {
+                            self.change_difficulty(d);
+                        }
+                        self.update_wants();
+                        vardiff_tick = self.shared.config().vardiff.retarget_interval;
                     }
-                    self.update_wants();
-                    vardiff_tick = self.shared.config().vardiff.retarget_interval;
                 }
             }
             if !self.out.is_empty() {
@@ -311,10 +322,9 @@ impl Session {
                     Ok(Err(e)) => self.close = Some(Close::Io(e.to_string())),
                     Err(_) => self.close = Some(Close::Io("write timed out".into())),
                 }
-                self.out.clear();
-                if self.out.capacity() > 16 * 1024 {
-                    self.out = Vec::with_capacity(256);
-                }
+                // The buffer is not kept between writes: a notify's ~1 kB would otherwise stay
+                // with every idle miner (10 MB at 10,000 miners); the next line allocates.
+                self.out = Vec::new();
             }
         }
         // Boxed: what runs once, at the close, takes no room in every session's future.
