@@ -31,7 +31,7 @@ panels = [
     ("proxy RSS per miner (bytes)", [("proxy", series("proxy", "rss_bytes_per_miner"), "#36c")]),
     ("proxy CPU (% of 2 cores)", [("proxy", series("proxy", "proxy_cpu_percent_of_200"), "#393")]),
 ]
-W, H, PAD = 420, 260, 48
+W, H, PAD = 440, 260, 56
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{2 * H + 30}" '
        'font-family="sans-serif" font-size="11">',
        f'<rect width="100%" height="100%" fill="white"/>',
@@ -51,7 +51,8 @@ for i, (title, lines) in enumerate(panels):
     svg.append(f'<line x1="{sx(0)}" y1="{sy(0)}" x2="{sx(0)}" y2="{sy(ymax)}" stroke="black"/>')
     for k in range(5):
         y = ymax * k / 4
-        svg.append(f'<text x="{sx(0) - 4}" y="{sy(y) + 4}" text-anchor="end">{y:.3g}</text>')
+        label = f"{y:,.0f}" if ymax >= 20 else f"{y:.2g}"
+        svg.append(f'<text x="{sx(0) - 4}" y="{sy(y) + 4}" text-anchor="end">{label}</text>')
     for x in sorted({x for x, _ in pts}):
         svg.append(f'<text x="{sx(x)}" y="{sy(0) + 14}" text-anchor="middle">{x}</text>')
     for j, (label, s, colour) in enumerate(lines):

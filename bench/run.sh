@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Load benchmarks of the proxy, as reported in BENCHMARKS.md. Bounded in time; stops by itself.
-#   bench/run.sh [hold|throughput|api|api-cost|storage|profile|farm|heap|all]
+#   bench/run.sh [hold|throughput|api|api-cost|storage|profile|farm|heap|soak|all]
 # profile: perf (Debian linux-perf) records the proxy under 10,000 miners; prints self time
 # by function and by thread.
+# soak: 10,000 miners (SOAK_MINERS) at 0.2 shares/s for 600 s (SOAK_SECONDS); RSS, CPU and the
+# proxy's error counters every 30 s, and the RSS slope from the first minute on.
 # heap: dhat (the proxy built with --features dhat-heap) under 10,000 miners (HEAP_MINERS) at
 # 0.2 shares/s, storage on; prints the allocation sites holding the most bytes at the peak.
 # farm: the same miners straight to the pool and through the proxy (SQLite storage) in one
@@ -486,6 +488,43 @@ heap() { # where the proxy's heap goes at 10,000 miners (dhat; every allocation 
   true
 }
 
+soak() { # 10,000 miners at 0.2 shares/s for SOAK_SECONDS (600): RSS and error counters every 30 s
+  local secs="${SOAK_SECONDS:-600}" miners="${SOAK_MINERS:-10000}" b i
+  start_pool 13342 0.000000001 5
+  start_proxy 13342 0.000000001 true embedded
+  "$B" --target 127.0.0.1:13333 --connections "$miners" --rate "$((miners / 5))" --processes 2 --ramp 10 \
+    --duration "$secs" >"$work/soak.json" 2>/dev/null &
+  b=$!
+  for i in $(seq $((secs / 30 - 1))); do
+    sleep 30
+    python3 - "$((i * 30))" "$(rss_kib "$proxy_pid")" "$(cpu_ticks "$proxy_pid")" <<'PY' | tee -a "$work/soak.jsonl"
+import json, sys, urllib.request
+t, rss, ticks = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+m = json.load(urllib.request.urlopen("http://127.0.0.1:19090/metrics/json"))
+c = m.get("counters", {})
+keep = ("shares_accepted", "shares_rejected", "protocol_errors", "events_dropped", "shares_unstored",
+        "connections_closed", "upstream_failures")
+pick = {k: v for k, v in c.items() if any(x in k for x in keep)}
+print(json.dumps({"t_s": t, "rss_kib": rss, "cpu_ticks": ticks, **pick}))
+PY
+  done
+  wait "$b"
+  summary "soak: $miners miners x 0.2 shares/s for $secs s" "$work/soak.json"
+  python3 - "$work/soak.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+steady = [r for r in rows if r["t_s"] >= 60]
+xs = [r["t_s"] for r in steady]; ys = [r["rss_kib"] for r in steady]
+n = len(xs); mx = sum(xs) / n; my = sum(ys) / n
+slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+print(json.dumps({"scenario": "soak: RSS from 60 s on", "first_kib": ys[0], "last_kib": ys[-1],
+                  "min_kib": min(ys), "max_kib": max(ys), "slope_kib_per_min": round(slope * 60, 1)}))
+PY
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  [ -n "${BENCH_OUT:-}" ] && cp "$work/soak.jsonl" "$BENCH_OUT"
+  true
+}
+
 profile() { # where the proxy's CPU goes: 10,000 miners at 0.2 shares/s each, storage on (SQLite)
   start_pool 13336 0.000000001 5
   start_proxy 13336 0.000000001 true embedded
@@ -517,6 +556,7 @@ case "${1:-all}" in
   profile) profile ;;
   farm) farm ;;
   heap) heap ;;
+  soak) soak ;;
   all) hold; throughput; api; api_cost; storage ;;
-  *) echo "usage: $0 [hold|throughput|api|api-cost|storage|profile|farm|heap|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [hold|throughput|api|api-cost|storage|profile|farm|heap|soak|all]" >&2; exit 2 ;;
 esac

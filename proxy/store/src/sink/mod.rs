@@ -3,7 +3,8 @@
 //! Order of work in a batch: resolve (upsert) the pools, miners and workers the batch names
 //! (ids are cached once the transaction has committed), apply connection lifecycle records
 //! (each worker's in order), insert the shares with one statement (`COPY … FROM STDIN` on
-//! PostgreSQL, multi-row `INSERT` on SQLite), then move `workers.last_activity` /
+//! PostgreSQL, one `INSERT … SELECT … FROM json_each(?)` over the batch as one JSON
+//! parameter on SQLite), then move `workers.last_activity` /
 //! `miners.last_seen` forward (on PostgreSQL skipping rows a concurrent batch holds, so
 //! batches never queue on the miner row their workers share). Every step is idempotent and guarded
 //! by the records' own timestamps, so a batch written twice, or replayed from the spool after
