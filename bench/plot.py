@@ -4,7 +4,7 @@
     python3 bench/plot.py farm.jsonl docs/farm.svg
 
 Four panels, each against miners: submit p99 and notify fan-out p99 (direct to the pool and
-through the proxy, ms), proxy RSS per miner (bytes) and proxy CPU (% of the two cores).
+through the proxy, ms), proxy RSS per miner (bytes) and proxy CPU (% of one core; both cores = 200 %).
 Plain SVG written here (no plotting library to install), so the figure in BENCHMARKS.md is
 redrawn from the JSON lines by anyone.
 """
@@ -29,7 +29,7 @@ panels = [
     ("notify fan-out p99 (ms)", [("direct", series("direct", "fanout_p99_ms"), "#888"),
                                  ("proxy", series("proxy", "fanout_p99_ms"), "#c33")]),
     ("proxy RSS per miner (bytes)", [("proxy", series("proxy", "rss_bytes_per_miner"), "#36c")]),
-    ("proxy CPU (% of 2 cores)", [("proxy", series("proxy", "proxy_cpu_percent_of_200"), "#393")]),
+    ("proxy CPU (% of one core)", [("proxy", series("proxy", "proxy_cpu_percent_of_200"), "#393")]),
 ]
 W, H, PAD = 440, 260, 56
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{2 * H + 30}" '
