@@ -126,6 +126,21 @@ impl Sink {
         self.workers.entry(pool).or_default().insert(worker, id);
     }
 
+    /// Of the newest instant per worker a batch shows, those due to be written (sorted by
+    /// worker id): a worker's activity moves at most every `ACTIVITY_EVERY_US`.
+    fn due_activity(&self, activity: HashMap<Uuid, i64>) -> Vec<(Uuid, i64)> {
+        let mut due: Vec<(Uuid, i64)> = activity
+            .into_iter()
+            .filter(|(w, t)| {
+                self.activity
+                    .get(w)
+                    .is_none_or(|last| *t - *last >= ACTIVITY_EVERY_US)
+            })
+            .collect();
+        due.sort_unstable();
+        due
+    }
+
     fn forget(&mut self) {
         self.pools.clear();
         self.miners.clear();

@@ -2,7 +2,7 @@
 //! (or, for a batch stored before, an insert that skips stored rows), activity.
 
 use super::copy::{COPY_SIGNATURE, copy_row};
-use super::{ACTIVITY_EVERY_US, Conflicts, Outcome, Pg, Resolved, Sink, lifecycle_worker, names};
+use super::{Conflicts, Outcome, Pg, Resolved, Sink, lifecycle_worker, names};
 use crate::db::utc;
 use crate::record::{ConnectRecord, DisconnectRecord, Record, ShareRecord, miner_of};
 use crate::{Error, Result};
@@ -91,15 +91,7 @@ impl Sink {
         }
         // Activity moves forward at most every ACTIVITY_EVERY per worker (connects set the
         // worker's exactly): most batches update no worker row at all.
-        let mut due: Vec<(Uuid, i64)> = activity
-            .into_iter()
-            .filter(|(w, t)| {
-                self.activity
-                    .get(w)
-                    .is_none_or(|last| *t - *last >= ACTIVITY_EVERY_US)
-            })
-            .collect();
-        due.sort_unstable();
+        let due = self.due_activity(activity);
         let activity_done = if due.is_empty() {
             Vec::new()
         } else {

@@ -1,7 +1,7 @@
 //! Writing a batch to SQLite: the same steps as PostgreSQL; shares and activity each by one
 //! statement over the batch passed as JSON (`json_each`).
 
-use super::{ACTIVITY_EVERY_US, Lite, Outcome, Sink, names, parse_id};
+use super::{Lite, Outcome, Sink, names, parse_id};
 use crate::db::{sqlite_time, utc};
 use crate::record::{Record, ShareRecord, miner_of};
 use crate::{Error, Result};
@@ -122,15 +122,7 @@ impl Sink {
         }
         // Activity moves forward at most every ACTIVITY_EVERY per worker, all workers of the
         // batch in one statement for `workers` and one for `miners`.
-        let mut due: Vec<(Uuid, i64)> = activity
-            .into_iter()
-            .filter(|(w, t)| {
-                self.activity
-                    .get(w)
-                    .is_none_or(|last| *t - *last >= ACTIVITY_EVERY_US)
-            })
-            .collect();
-        due.sort_unstable();
+        let due = self.due_activity(activity);
         if !due.is_empty() {
             let json = serde_json::Value::Array(
                 due.iter()
