@@ -341,6 +341,23 @@ impl MockPool {
         self.shared.bump();
     }
 
+    /// Change the version-rolling mask of every session that negotiated one
+    /// (`mining.set_version_mask`): from now on this pool judges their shares with `mask`,
+    /// so a header rolled outside it no longer hashes to what the miner found.
+    pub fn set_version_mask(&self, mask: u32) {
+        let line: Arc<str> = Arc::from(wire::notification_line(
+            "mining.set_version_mask",
+            json!([format!("{mask:08x}")]),
+        ));
+        let mut g = self.shared.inner.lock();
+        for c in g.conns.values_mut() {
+            if c.mask != 0 {
+                c.mask = mask;
+                let _ = c.tx.send(line.clone());
+            }
+        }
+    }
+
     /// Send a raw line (a newline is added if missing) to every connection, e.g.
     /// `{"id":null,"method":"client.reconnect","params":[]}`.
     pub fn send_all(&self, line: &str) {

@@ -158,8 +158,7 @@ impl Session {
                 return self.accept(&a.request_id, a.event, a.worker, a.difficulty);
             }
             Verdict::Answered(Err(e)) => (e, "upstream_rejected"),
-            Verdict::NotSent => {
-                let e = StratumError::stale();
+            Verdict::NotSent(e) => {
                 let reason = e.code.reason();
                 (e, reason)
             }

@@ -96,17 +96,12 @@ impl Session {
                     .upstream_extranonce2(&self.prefix, &submit.extranonce2),
                 None => submit.extranonce2.clone(),
             };
-            let upstream_mask = work.as_ref().map_or(0, |w| w.version_mask);
             let sub = Submission {
                 job: job.clone(),
                 extranonce2: layout_en2,
                 ntime: submit.ntime,
                 nonce: submit.nonce,
-                // A pool that granted no version rolling gets no sixth parameter.
-                version_bits: submit
-                    .version_bits
-                    .filter(|_| upstream_mask != 0)
-                    .map(|_| share.version & upstream_mask),
+                version: submit.version_bits.map(|_| share.version),
                 worker: worker_name.clone(),
                 verdict: passthrough_wait.then(|| {
                     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -182,8 +177,12 @@ impl Session {
             };
             return Err((err, None));
         };
+        // Bits are judged by the mask this miner was given and by the pool's in force now:
+        // the pool may have narrowed it since the miner heard (`mining.set_version_mask`
+        // crosses shares on the wire), and a header rolled outside it is worth nothing there.
+        let pool_mask = work.map_or(0, |w| w.version_mask);
         let rules = ShareRules {
-            version_mask: self.version_mask,
+            version_mask: self.version_mask & pool_mask,
             ntime_window: self.shared.config().mining.ntime_window_secs,
             extranonce2_size: self.extranonce2_size,
         };

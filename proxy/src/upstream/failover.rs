@@ -8,6 +8,7 @@ use super::{
 use crate::upstream::conn::{PoolConn, PoolEndpoint, PoolMessage};
 use crate::upstream::work::{ExtranonceLayout, LayoutError, LocalJob, Work};
 use loka_config::Backoff;
+use loka_stratum::share::version_bits_for_pool;
 use loka_stratum::{Difficulty, StratumError};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -387,32 +388,46 @@ impl Upstream {
                     let mut next = Some(sub);
                     let mut count = 0;
                     while let Some(sub) = next.take() {
-                        if sub.job.generation != generation {
-                            self.status.submits_stale.fetch_add(1, Relaxed);
-                            if let Some(tx) = sub.verdict {
-                                let _ = tx.send(Verdict::NotSent);
-                            }
+                        // Nothing the pool would judge as another header than the miner's
+                        // is sent: a job of an earlier session, or bits outside the mask the
+                        // pool set since the share was judged.
+                        let bits = if sub.job.generation != generation {
+                            Err(StratumError::stale())
                         } else {
-                            let name = if self.s.forward_worker_names {
-                                let worker = sub.worker.split_once('.').map_or(&*sub.worker, |(_, w)| w);
-                                let name = format!("{user}.{worker}");
-                                if authorized_upstream.insert(name.clone()) {
-                                    // Authorize the worker name upstream once; the answer is not awaited.
-                                    let id = conn.next_id;
-                                    conn.next_id += 1;
-                                    batch.extend(loka_stratum::message::method_line(
-                                        &id.to_string(), "mining.authorize", &serde_json::json!([name, pool.password])));
+                            sub.version.map_or(Ok(None), |v| {
+                                version_bits_for_pool(sub.job.job.version, v, conn.version_mask)
+                            })
+                        };
+                        match bits {
+                            Err(e) => {
+                                self.status.submits_stale.fetch_add(1, Relaxed);
+                                tracing::debug!(pool = %pool.name, job = %sub.job.upstream_id, reason = %e.message, "share not sent");
+                                if let Some(tx) = sub.verdict {
+                                    let _ = tx.send(Verdict::NotSent(e));
                                 }
-                                name
-                            } else {
-                                user.clone()
-                            };
-                            let id = conn.next_id;
-                            conn.next_id += 1;
-                            write_submit(&mut batch, id, &name, &sub);
-                            let span = tracing::debug_span!("upstream_submit", pool = %pool.name, job = %sub.job.upstream_id, id);
-                            pending.insert(id, Pending { sent: Instant::now(), verdict: sub.verdict, _span: span });
-                            count += 1;
+                            }
+                            Ok(bits) => {
+                                let name = if self.s.forward_worker_names {
+                                    let worker = sub.worker.split_once('.').map_or(&*sub.worker, |(_, w)| w);
+                                    let name = format!("{user}.{worker}");
+                                    if authorized_upstream.insert(name.clone()) {
+                                        // Authorize the worker name upstream once; the answer is not awaited.
+                                        let id = conn.next_id;
+                                        conn.next_id += 1;
+                                        batch.extend(loka_stratum::message::method_line(
+                                            &id.to_string(), "mining.authorize", &serde_json::json!([name, pool.password])));
+                                    }
+                                    name
+                                } else {
+                                    user.clone()
+                                };
+                                let id = conn.next_id;
+                                conn.next_id += 1;
+                                write_submit(&mut batch, id, &name, &sub, bits);
+                                let span = tracing::debug_span!("upstream_submit", pool = %pool.name, job = %sub.job.upstream_id, id);
+                                pending.insert(id, Pending { sent: Instant::now(), verdict: sub.verdict, _span: span });
+                                count += 1;
+                            }
                         }
                         if count < 256 {
                             next = self.submit_rx.try_recv().ok();
@@ -587,7 +602,7 @@ impl Upstream {
     }
 }
 
-fn write_submit(buf: &mut Vec<u8>, id: u64, user: &str, s: &Submission) {
+fn write_submit(buf: &mut Vec<u8>, id: u64, user: &str, s: &Submission, bits: Option<u32>) {
     use std::fmt::Write as _;
     let mut line = String::with_capacity(160);
     let user_json = serde_json::to_string(user).unwrap_or_else(|_| "\"\"".into());
@@ -599,7 +614,7 @@ fn write_submit(buf: &mut Vec<u8>, id: u64, user: &str, s: &Submission) {
         s.ntime,
         s.nonce
     );
-    if let Some(v) = s.version_bits {
+    if let Some(v) = bits {
         let _ = write!(line, ",\"{v:08x}\"");
     }
     line.push_str("]}\n");

@@ -35,11 +35,12 @@ pub struct Submission {
     pub extranonce2: Vec<u8>,
     pub ntime: u32,
     pub nonce: u32,
-    /// Version bits for the pool (the rolled version masked by the upstream mask).
-    pub version_bits: Option<u32>,
+    /// The header's version when the miner rolled version bits. The bits the pool is sent
+    /// are taken from it under the pool's mask in force when it is sent.
+    pub version: Option<u32>,
     pub worker: Arc<str>,
     /// Passthrough: where the pool's verdict goes. Every path resolves it exactly once: an
-    /// answer, `NotSent`, `Unanswered`, or — when the submission or its pending entry is
+    /// answer, `NotSent(_)`, `Unanswered`, or — when the submission or its pending entry is
     /// dropped because the connection or the task ended — a closed channel, which the
     /// receiver reads as `Unanswered`.
     pub verdict: Option<oneshot::Sender<Verdict>>,
@@ -50,8 +51,9 @@ pub struct Submission {
 pub enum Verdict {
     /// The pool answered: `true`, or its error.
     Answered(Result<(), StratumError>),
-    /// Not sent: its job belonged to an earlier upstream session.
-    NotSent,
+    /// Not sent, and why: its job belonged to an earlier upstream session (stale), or its
+    /// header was rolled outside the mask the pool has since set.
+    NotSent(StratumError),
     /// Sent, but no answer came within `upstream.response_timeout` or before the connection
     /// ended: the pool may or may not have credited it.
     Unanswered,

@@ -44,6 +44,25 @@ pub fn rolled_version(job_version: u32, bits: Option<u32>, mask: u32) -> Result<
     }
 }
 
+/// The version bits to send a pool whose mask is now `pool_mask`, for a header with
+/// `version` rolled from the job's `job_version`: `Ok(None)` sends no version parameter
+/// (the pool rolls nothing and nothing was rolled), `Ok(Some(bits))` the header's bits
+/// under the mask. A header that differs from the job outside the pool's mask (rolled
+/// under a mask the pool has since narrowed) cannot be sent: the pool would build another
+/// header from it, and that header's hash is not the one the miner found.
+pub fn version_bits_for_pool(
+    job_version: u32,
+    version: u32,
+    pool_mask: u32,
+) -> Result<Option<u32>, StratumError> {
+    if (version ^ job_version) & !pool_mask != 0 {
+        return Err(StratumError::other(format!(
+            "Invalid version bits {version:08x} outside the pool's mask {pool_mask:08x}"
+        )));
+    }
+    Ok((pool_mask != 0).then_some(version & pool_mask))
+}
+
 /// Check the cheap rules, then build the header and hash it.
 pub fn hash_share(
     job: &Job,

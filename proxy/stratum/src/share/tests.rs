@@ -248,6 +248,31 @@ fn share_keys_distinguish_every_field() {
     assert!(ShareKey::new(&[7; 17], &submit, 1).is_none());
 }
 
+/// A header rolled under the wide mask a pool granted, sent after the pool narrowed its
+/// mask: masking its bits down would make the pool hash another header, so it is not sent.
+#[test]
+fn a_header_rolled_outside_the_pools_new_mask_is_not_sendable() {
+    let job = 0x2000_0000;
+    let rolled = 0x2001_6000; // bits 13, 14 and 16, under 1fffe000
+    assert_eq!(
+        version_bits_for_pool(job, rolled, 0x1fff_e000),
+        Ok(Some(0x0001_6000))
+    );
+    let err = version_bits_for_pool(job, rolled, 0x0000_6000).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Other);
+    assert!(err.message.contains("00006000"), "{}", err.message);
+    // Masking down is what the pool would rebuild, and it is another header.
+    assert_ne!((job & !0x0000_6000) | (rolled & 0x0000_6000), rolled);
+    // Inside the narrower mask it is sent as is.
+    assert_eq!(
+        version_bits_for_pool(job, 0x2000_4000, 0x0000_6000),
+        Ok(Some(0x0000_4000))
+    );
+    // A pool that rolls nothing: an unrolled header goes without bits, a rolled one not at all.
+    assert_eq!(version_bits_for_pool(job, job, 0), Ok(None));
+    assert!(version_bits_for_pool(job, 0x2000_2000, 0).is_err());
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;
@@ -274,6 +299,21 @@ mod prop {
             let d = Difficulty::new(rust_decimal::Decimal::new(d_milli as i64, 9)).unwrap();
             let lower = Difficulty::new(rust_decimal::Decimal::new(d_milli as i64, 10)).unwrap();
             if share.meets(&d.target()) { prop_assert!(share.meets(&lower.target())); }
+        }
+
+        /// Bits sent to a pool rebuild, under the pool's mask, exactly the header the miner
+        /// hashed; a header no bits could rebuild is refused.
+        #[test]
+        fn bits_for_the_pool_rebuild_the_miners_header(job in any::<u32>(), version in any::<u32>(), mask in any::<u32>()) {
+            let rebuildable = (version ^ job) & !mask == 0;
+            match version_bits_for_pool(job, version, mask) {
+                Ok(Some(bits)) => {
+                    prop_assert_eq!(bits & !mask, 0);
+                    prop_assert_eq!((job & !mask) | (bits & mask), version);
+                }
+                Ok(None) => prop_assert!(mask == 0 && version == job),
+                Err(_) => prop_assert!(!rebuildable),
+            }
         }
     }
 }
