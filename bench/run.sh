@@ -2,7 +2,7 @@
 # Load benchmarks of the proxy, as reported in BENCHMARKS.md. Bounded in time; stops by itself.
 #   bench/run.sh [hold|throughput|api|api-cost|storage|profile|farm|heap|soak|all]
 # profile: perf (Debian linux-perf) records the proxy under 10,000 miners; prints self time
-# by function and by thread.
+# by function and by thread; PROFILE_KEEP=<file> keeps perf.data for `perf report -i <file>`.
 # soak: 10,000 miners (SOAK_MINERS) at 0.2 shares/s for 600 s (SOAK_SECONDS); RSS, CPU and the
 # proxy's error counters every 30 s, and the RSS slope from a quarter of the run on.
 # heap: dhat (the proxy built with --features dhat-heap) under 10,000 miners (HEAP_MINERS) at
@@ -546,6 +546,7 @@ profile() { # where the proxy's CPU goes: 10,000 miners at 0.2 shares/s each, st
     perf report -i "$work/perf.data" --no-children --sort "$by" --stdio 2>/dev/null \
       | sed -nE 's/ +- +- *$//; s/ +$//; /^ +[0-9.]+%/p' | awk 'NR <= 30'
   done
+  [ -n "${PROFILE_KEEP:-}" ] && cp "$work/perf.data" "$PROFILE_KEEP"
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 

@@ -132,6 +132,10 @@ impl Store {
                 .foreign_keys(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
+                // A batch's INSERT may abort on a constraint, so SQLite keeps a statement
+                // journal of every page it changes (hundreds per batch at farm scale); in
+                // memory it is not written to a temporary file and read back.
+                .pragma("temp_store", "memory")
                 .busy_timeout(Duration::from_secs(5));
             Db::Sqlite(
                 SqlitePoolOptions::new()

@@ -180,6 +180,27 @@ async fn embedded_sqlite_records_shares_and_accounts() {
     assert_eq!(left, (6, 3));
 }
 
+/// Every connection of the embedded store runs with the settings its write path is measured
+/// with: WAL, `synchronous = NORMAL`, foreign keys on, and statement journals in memory (a
+/// batch's INSERT would otherwise write every page it changes to a temporary file first).
+#[tokio::test]
+async fn connections_write_ahead_and_keep_statement_journals_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path()).await;
+    let db = store.sqlite().unwrap();
+    let settings: (String, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT journal_mode FROM pragma_journal_mode), \
+                (SELECT synchronous FROM pragma_synchronous), \
+                (SELECT foreign_keys FROM pragma_foreign_keys), \
+                (SELECT temp_store FROM pragma_temp_store)",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    // synchronous 1 = NORMAL; temp_store 2 = MEMORY.
+    assert_eq!(settings, ("wal".into(), 1, 1, 2));
+}
+
 /// Every column of a stored share holds what the session judged, with the types the schema's
 /// readers expect, for batches larger than any one statement used to take; activity moves
 /// to the newest share of each worker and its miner.
