@@ -81,16 +81,13 @@ fuzz_target!(|i: Input| {
     if let Ok(diff) = Difficulty::from_u64(i.difficulty_units.max(1)) {
         let _ = share.meets(&diff.target());
     }
-    if let Some(k) = ShareKey::new(&i.extranonce1, &submit, share.version) {
-        assert_eq!(
-            Some(k),
-            ShareKey::new(&i.extranonce1, &submit, share.version)
-        );
-    } else {
-        assert!(
-            i.extranonce1.len() > ShareKey::MAX_EXTRANONCE
-                || submit.extranonce2.len() > ShareKey::MAX_EXTRANONCE
-        );
+    // The duplicate key is the header's: equal for the same share, apart once the nonce moves.
+    let again = hash_share(&job, &i.extranonce1, &submit, &rules).expect("hashed once");
+    assert_eq!(ShareKey::of(&share), ShareKey::of(&again));
+    let mut other = submit.clone();
+    other.nonce = other.nonce.wrapping_add(1);
+    if let Ok(o) = hash_share(&job, &i.extranonce1, &other, &rules) {
+        assert_ne!(ShareKey::of(&share), ShareKey::of(&o));
     }
 });
 

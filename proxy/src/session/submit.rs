@@ -194,11 +194,10 @@ impl Session {
         let refused = if !share.meets(&difficulty.target()) {
             StratumError::low_difficulty()
         } else {
-            match ShareKey::new(&self.extranonce1, submit, share.version) {
-                None => StratumError::other("extranonce too long"),
-                Some(key) if !job.first_sighting(key) => StratumError::duplicate(),
-                Some(_) => return Ok((job, share, difficulty)),
+            if job.first_sighting(ShareKey::of(&share)) {
+                return Ok((job, share, difficulty));
             }
+            StratumError::duplicate()
         };
         Err((refused, Some(job)))
     }

@@ -2,10 +2,9 @@
 //! rewritten for miners and serialised once, as one immutable `Arc<Work>` per change.
 
 use bytes::Bytes;
-use loka_stratum::share::ShareKey;
+use loka_stratum::share::{MAX_EXTRANONCE, ShareKey, ShareKeySet};
 use loka_stratum::{Difficulty, Job, Target};
 use parking_lot::Mutex;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -40,11 +39,11 @@ pub enum LayoutError {
         room: usize,
         min: usize,
     },
-    #[error("pool extranonce2_size {0} is larger than {max}", max = ShareKey::MAX_EXTRANONCE)]
+    #[error("pool extranonce2_size {0} is larger than {max}", max = MAX_EXTRANONCE)]
     Extranonce2TooLarge(usize),
     #[error(
         "pool extranonce1 of {0} bytes is longer than the {max} a passthrough miner can be given",
-        max = ShareKey::MAX_EXTRANONCE
+        max = MAX_EXTRANONCE
     )]
     Extranonce1TooLong(usize),
 }
@@ -70,12 +69,12 @@ impl ExtranonceLayout {
             });
         }
         let miner = if fold { room.min(max_miner) } else { room };
-        if miner > ShareKey::MAX_EXTRANONCE {
+        if miner > MAX_EXTRANONCE {
             return Err(LayoutError::Extranonce2TooLarge(upstream_extranonce2_size));
         }
         // Passthrough miners are handed the pool's extranonce1 as it is; aggregate folds it
         // into the coinbase, whatever its length.
-        if !fold && upstream_extranonce1.len() > ShareKey::MAX_EXTRANONCE {
+        if !fold && upstream_extranonce1.len() > MAX_EXTRANONCE {
             return Err(LayoutError::Extranonce1TooLong(upstream_extranonce1.len()));
         }
         Ok(Self {
@@ -127,7 +126,7 @@ pub struct LocalJob {
     /// The same with `clean_jobs = true`, for miners whose previous job is no longer valid.
     pub notify_clean: Bytes,
     pub received_at: Instant,
-    seen: Mutex<HashSet<ShareKey>>,
+    seen: Mutex<ShareKeySet>,
 }
 
 impl std::fmt::Debug for LocalJob {
@@ -192,7 +191,7 @@ impl LocalJob {
             notify,
             notify_clean,
             received_at: Instant::now(),
-            seen: Mutex::new(HashSet::new()),
+            seen: Mutex::new(ShareKeySet::default()),
         }
     }
 
@@ -230,6 +229,7 @@ impl Work {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn layouts() {

@@ -74,7 +74,7 @@ fn validation(c: &mut Criterion) {
         b.iter(|| {
             submit.nonce = submit.nonce.wrapping_add(1);
             let share = hash_share(&job, &[0xde, 0xad], &submit, &rules).unwrap();
-            let key = ShareKey::new(&[0xde, 0xad], &submit, share.version);
+            let key = ShareKey::of(&share);
             black_box((share.meets(&target), key))
         })
     });
