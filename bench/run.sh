@@ -6,7 +6,7 @@
 # soak: 10,000 miners (SOAK_MINERS) at 0.2 shares/s for 600 s (SOAK_SECONDS); RSS, CPU and the
 # proxy's error counters every 30 s, and the RSS slope from a quarter of the run on.
 # heap: dhat (the proxy built with --features dhat-heap) under 10,000 miners (HEAP_MINERS) at
-# 0.2 shares/s, storage on; prints the allocation sites holding the most bytes at the peak.
+# 0.2 shares/s (HEAP_RATE), storage on; prints the allocation sites holding the most bytes at the peak.
 # farm: the same miners straight to the pool and through the proxy (SQLite storage) in one
 # run, and the ratios: submit p99, notify fan-out p99, proxy CPU and RSS per miner.
 # FARM_MINERS (list, 10000), FARM_RATES (shares/s per miner, list, "0.2 1"), FARM_RAMP (10),
@@ -85,7 +85,8 @@ writer_nice = ${STORAGE_WRITER_NICE:-10}
 [logging]
 level = "warn"
 T
-  "${pin[@]}" "${PROXY_BIN:-$P}" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+  # As the image runs it (Dockerfile: ENV MALLOC_ARENA_MAX=2); MALLOC_ARENA_MAX= for glibc's default.
+  MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX-2}" "${pin[@]}" "${PROXY_BIN:-$P}" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
   proxy_pid=$!
   pids+=($proxy_pid)
   for _ in $(seq 100); do
@@ -478,9 +479,10 @@ heap() { # where the proxy's heap goes at 10,000 miners (dhat; every allocation 
   cargo build --release -q -p loka-proxy # the plain binary back in place for the other scenarios
   start_pool 13341 0.000000001 5
   LOKA_DHAT_FILE="$work/dhat.json" PROXY_BIN="$work/loka-proxy-dhat" start_proxy 13341 0.000000001 true embedded
-  "$B" --target 127.0.0.1:13333 --connections "${HEAP_MINERS:-10000}" --rate "$(( ${HEAP_MINERS:-10000} / 5 ))" \
+  local rate; rate=$(python3 -c "print(round(${HEAP_MINERS:-10000} * ${HEAP_RATE:-0.2}))")
+  "$B" --target 127.0.0.1:13333 --connections "${HEAP_MINERS:-10000}" --rate "$rate" \
     --processes 2 --ramp 10 --duration 40 >"$work/heap.json" 2>/dev/null
-  summary "heap profile load: ${HEAP_MINERS:-10000} miners at 0.2 shares/s each, storage on (SQLite)" "$work/heap.json"
+  summary "heap profile load: ${HEAP_MINERS:-10000} miners at ${HEAP_RATE:-0.2} shares/s each, storage on (SQLite)" "$work/heap.json"
   # SIGTERM while the miners are still connected would drain them first; they have gone.
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
   python3 bench/dhat_top.py "$work/dhat.json" "${HEAP_MINERS:-10000}"
