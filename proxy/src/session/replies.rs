@@ -32,8 +32,12 @@ pub(super) struct AwaitingVerdict {
 /// A forwarded share and what became of it. The channel closing unanswered (the upstream
 /// connection or task ended first) reads as [`Verdict::Unanswered`], and so does no verdict
 /// within `wait` (the upstream task's own response timeout, with a margin): every forwarded
-/// share is settled, and in bounded time.
-pub(super) type VerdictFuture = futures::future::BoxFuture<'static, (AwaitingVerdict, Verdict)>;
+/// share is settled, and in bounded time. The outcome is boxed: the session's select holds
+/// its largest branch output for as long as any branch's handler runs.
+pub(super) type VerdictFuture = futures::future::BoxFuture<'static, Box<Settled>>;
+
+/// A forwarded share with the pool's verdict on it.
+pub(super) type Settled = (AwaitingVerdict, Verdict);
 
 pub(super) fn await_verdict(
     a: AwaitingVerdict,
@@ -45,7 +49,7 @@ pub(super) fn await_verdict(
             Ok(Ok(v)) => v,
             Ok(Err(_)) | Err(_) => Verdict::Unanswered,
         };
-        (a, v)
+        Box::new((a, v))
     })
 }
 
@@ -63,8 +67,8 @@ impl Session {
     /// (and, if the miner can hear it, its reply): the pool's verdict if it comes within the
     /// response timeout, `Unanswered` otherwise.
     pub(super) async fn settle_verdicts(&mut self, mut verdicts: FuturesUnordered<VerdictFuture>) {
-        while let Some((a, v)) = verdicts.next().await {
-            self.on_verdict(a, v).await;
+        while let Some(settled) = verdicts.next().await {
+            self.on_verdict(settled).await;
         }
     }
 
@@ -152,7 +156,8 @@ impl Session {
     /// session is stale (21, `job_not_found`); a share the pool never answered gets 20
     /// "pool did not answer the share" (`upstream_unanswered`): the proxy cannot promise
     /// credit the pool may not have given.
-    pub(super) fn on_verdict(&mut self, a: AwaitingVerdict, v: Verdict) -> Emit {
+    pub(super) fn on_verdict(&mut self, settled: Box<Settled>) -> Emit {
+        let (a, v) = *settled;
         let (err, reason) = match v {
             Verdict::Answered(Ok(())) => {
                 return self.accept(&a.request_id, a.event, a.worker, a.difficulty);
