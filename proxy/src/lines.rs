@@ -2,7 +2,10 @@
 
 use bytes::{Bytes, BytesMut};
 use loka_stratum::codec::{LineDecoder, LineError};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Why reading lines stopped.
 #[derive(Debug, thiserror::Error)]
@@ -13,15 +16,19 @@ pub enum ReadError {
     Line(#[from] LineError),
 }
 
-/// A line reader whose buffer starts small (idle miners cost little memory) and never grows
-/// beyond the line limit.
+/// A line reader that holds no buffer while its connection is idle: a read lands in a
+/// scratch buffer on the stack and is copied into one of its own size, from which the lines
+/// are cut (each keeps its bytes for as long as it lives), and a buffer the lines have
+/// emptied is let go. Only a partial line keeps a buffer between reads, refused once it
+/// passes the line limit.
 pub struct LineReader<R> {
     inner: R,
     buf: BytesMut,
     decoder: LineDecoder,
 }
 
-const INITIAL_CAPACITY: usize = 512;
+/// What one read may bring into an empty reader (a burst of submits; more is read on).
+const SCRATCH: usize = 4096;
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     pub fn new(inner: R, max_line: usize) -> Self {
@@ -38,24 +45,102 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             if let Some(line) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(line));
             }
-            if self.buf.capacity() - self.buf.len() < 128 {
-                let want = (self.buf.len() * 2).clamp(INITIAL_CAPACITY, self.decoder.max_len() + 2);
-                self.buf.reserve(want - self.buf.len().min(want));
+            if self.buf.is_empty() {
+                // Idle: keep nothing (an emptied buffer still holds its allocation).
+                self.buf = BytesMut::new();
             }
-            if self.buf.is_empty() && self.buf.capacity() > 4 * INITIAL_CAPACITY {
-                // A burst is over: give the big buffer back.
-                self.buf = BytesMut::with_capacity(INITIAL_CAPACITY);
-            }
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let n = std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
             if n == 0 {
                 return Ok(self.decoder.decode_eof(&mut self.buf)?);
             }
         }
     }
 
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
+        let mut read = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if self.buf.is_empty() {
+            // Replaces (and so lets go of) the emptied buffer.
+            self.buf = BytesMut::from(got);
+        } else {
+            // A partial line: the decoder refuses it once it passes the line limit.
+            self.buf.extend_from_slice(got);
+        }
+        Poll::Ready(Ok(got.len()))
+    }
+
     /// A complete line already buffered, without reading the socket (lets a caller handle a
     /// pipelined burst before writing its replies in one go).
     pub fn next_buffered(&mut self) -> Result<Option<Bytes>, ReadError> {
         Ok(self.decoder.decode(&mut self.buf)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn lines_across_reads_and_bursts_and_an_idle_reader_holds_no_buffer() {
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        let mut r = LineReader::new(rx, 100);
+        // A line split over two reads, then a pipelined burst with CRLF.
+        tx.write_all(b"{\"id\":1,").await.unwrap();
+        assert!(
+            r.next_line().now_or_never().is_none(),
+            "half a line is not a line"
+        );
+        tx.write_all(b"\"a\":2}\n{\"id\":2}\r\n{\"id\":3}\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            &r.next_line().await.unwrap().unwrap()[..],
+            br#"{"id":1,"a":2}"#
+        );
+        assert_eq!(&r.next_buffered().unwrap().unwrap()[..], br#"{"id":2}"#);
+        let last = r.next_buffered().unwrap().unwrap();
+        assert_eq!(&last[..], br#"{"id":3}"#);
+        assert!(r.next_buffered().unwrap().is_none());
+        // Waiting for the next line, the reader keeps no part of what it read: the last line
+        // handed out is then the only holder of those bytes.
+        assert!(!last.is_unique());
+        assert!(r.next_line().now_or_never().is_none());
+        assert!(last.is_unique());
+        // A burst larger than one read arrives whole.
+        let burst: Vec<u8> = (0..400)
+            .flat_map(|i| format!("{{\"id\":{i}}}\n").into_bytes())
+            .collect();
+        assert!(burst.len() > SCRATCH);
+        tx.write_all(&burst).await.unwrap();
+        for i in 0..400 {
+            let line = r.next_line().await.unwrap().unwrap();
+            assert_eq!(line, format!("{{\"id\":{i}}}").into_bytes());
+        }
+        // The last line without its newline comes at the end of the stream.
+        tx.write_all(b"{\"id\":\"last\"}").await.unwrap();
+        drop(tx);
+        assert_eq!(
+            &r.next_line().await.unwrap().unwrap()[..],
+            br#"{"id":"last"}"#
+        );
+        assert!(r.next_line().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_line_past_the_limit_is_refused_across_reads() {
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        let mut r = LineReader::new(rx, 100);
+        tx.write_all(&[b'x'; 60]).await.unwrap();
+        assert!(r.next_line().now_or_never().is_none());
+        tx.write_all(&[b'x'; 60]).await.unwrap();
+        let err = r.next_line().await.unwrap_err();
+        assert!(
+            matches!(err, ReadError::Line(LineError::TooLong { limit: 100 })),
+            "{err}"
+        );
     }
 }
