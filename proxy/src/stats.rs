@@ -78,6 +78,17 @@ pub struct WorkerStats {
     pub difficulty_bits: AtomicU64,
     /// Sum of accepted difficulty (f64 bits), for hashrate estimates (display only).
     accepted_work_bits: AtomicU64,
+    /// The API sampler's hashrate estimates, kept here rather than in maps of its own keyed
+    /// by name (which it copied every second, ~300 bytes per worker).
+    hashrate: parking_lot::Mutex<Hashrate>,
+}
+
+/// Hashrate estimates (H/s) per window of the API's sampler, and the accepted work they last
+/// took in.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Hashrate {
+    pub work_seen: f64,
+    pub hs: [f64; 4],
 }
 
 /// Buckets of the submit latency histogram (seconds): 10 µs … 1 s.
@@ -171,6 +182,7 @@ impl Stats {
             rejected: AtomicU64::new(0),
             difficulty_bits: AtomicU64::new(0),
             accepted_work_bits: AtomicU64::new(0f64.to_bits()),
+            hashrate: parking_lot::Mutex::new(Hashrate::default()),
         });
         workers.by_name.insert(name.to_string(), w.clone());
         w
@@ -238,6 +250,18 @@ impl WorkerStats {
     /// Sum of the difficulty of accepted shares.
     pub fn accepted_work(&self) -> f64 {
         f64::from_bits(self.accepted_work_bits.load(Relaxed))
+    }
+
+    /// The latest hashrate estimates, per window.
+    pub fn hashrates(&self) -> [f64; 4] {
+        self.hashrate.lock().hs
+    }
+
+    /// Move the hashrate estimates on (the API's sampler, once a second); returns them.
+    pub fn update_hashrate(&self, f: impl FnOnce(&mut Hashrate)) -> [f64; 4] {
+        let mut h = self.hashrate.lock();
+        f(&mut h);
+        h.hs
     }
 }
 

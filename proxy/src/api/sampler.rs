@@ -4,7 +4,6 @@
 
 use crate::context::Shared;
 use parking_lot::RwLock;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -30,13 +29,14 @@ pub struct Rates {
     pub cpu_percent: f64,
     pub memory_bytes: u64,
     pub threads: u64,
-    /// Worker name → hashrate (H/s) per window of [`WINDOWS`].
-    pub hashrates: HashMap<String, [f64; 4]>,
+    /// All workers' hashrate (H/s) per window of [`WINDOWS`]; each worker's own is in its
+    /// statistics (`WorkerStats::hashrates`).
+    pub total_hashrates: [f64; 4],
 }
 
 impl Rates {
     pub fn total_hashrate(&self, window: usize) -> f64 {
-        self.hashrates.values().map(|h| h[window]).sum()
+        self.total_hashrates[window]
     }
 }
 
@@ -51,7 +51,6 @@ struct Prev {
     messages: u64,
     bytes: u64,
     errors: u64,
-    work: HashMap<String, f64>,
     last_sweep: Instant,
 }
 
@@ -78,7 +77,6 @@ impl Sampler {
                 messages: shared.stats.messages_received.load(Relaxed),
                 bytes: shared.stats.bytes_received.load(Relaxed),
                 errors: errors_total(&shared),
-                work: HashMap::new(),
                 last_sweep: Instant::now(),
             };
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -109,7 +107,6 @@ impl Sampler {
         next.messages_per_sec = rate(s.messages_received.load(Relaxed), &mut prev.messages);
         next.bytes_per_sec = rate(s.bytes_received.load(Relaxed), &mut prev.bytes);
         next.errors_per_sec = rate(errors_total(shared), &mut prev.errors);
-        // Hashrate: accepted difficulty × 2^32 per second, averaged exponentially per window.
         if now.duration_since(prev.last_sweep) >= SWEEP_EVERY {
             prev.last_sweep = now;
             s.evict_idle(
@@ -118,24 +115,27 @@ impl Sampler {
                 crate::stats::IDLE_NAME_TTL,
             );
         }
-        let workers = s.workers();
-        if prev.work.len() > workers.len() || next.hashrates.len() > workers.len() {
-            // Workers were forgotten (idle): forget their rates too.
-            let names: std::collections::HashSet<&str> =
-                workers.iter().map(|w| w.name.as_str()).collect();
-            prev.work.retain(|n, _| names.contains(n.as_str()));
-            next.hashrates.retain(|n, _| names.contains(n.as_str()));
+        // Hashrate: accepted difficulty × 2^32 per second, averaged exponentially per window,
+        // kept in each worker's statistics (forgotten with the worker).
+        let mut alpha = [0.0; 4];
+        for (a, (_, window)) in alpha.iter_mut().zip(WINDOWS) {
+            *a = 1.0 - (-dt / window).exp();
         }
-        for w in workers {
+        let mut totals = [0.0; 4];
+        for w in s.workers() {
             let work = w.accepted_work();
-            let old = prev.work.insert(w.name.clone(), work).unwrap_or(work);
-            let instant = (work - old).max(0.0) * 4_294_967_296.0 / dt;
-            let h = next.hashrates.entry(w.name.clone()).or_insert([0.0; 4]);
-            for (i, (_, window)) in WINDOWS.iter().enumerate() {
-                let alpha = 1.0 - (-dt / window).exp();
-                h[i] += alpha * (instant - h[i]);
+            let hs = w.update_hashrate(|r| {
+                let instant = (work - r.work_seen).max(0.0) * 4_294_967_296.0 / dt;
+                r.work_seen = work;
+                for (h, a) in r.hs.iter_mut().zip(alpha) {
+                    *h += a * (instant - *h);
+                }
+            });
+            for (t, h) in totals.iter_mut().zip(hs) {
+                *t += h;
             }
         }
+        next.total_hashrates = totals;
         sys.refresh_processes_specifics(
             ProcessesToUpdate::Some(&[pid]),
             true,
@@ -173,10 +173,74 @@ pub fn format_hashrate(h: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::events::EventSink;
+    use crate::stats::Stats;
+    use crate::upstream::UpstreamSettings;
+    use loka_config::Config;
+
+    /// Each worker's estimate follows its own accepted work and decays without it; the
+    /// totals are the sum over the workers; a forgotten worker leaves the totals.
+    #[tokio::test]
+    async fn hashrates_follow_each_workers_work_and_sum_to_the_totals() {
+        let cfg = Config::default();
+        let shared = Shared::new(
+            Arc::new(cfg.clone()),
+            Arc::new(Stats::default()),
+            EventSink::disabled(),
+            false,
+            UpstreamSettings::from_config(&cfg, vec![]),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let sampler = Sampler {
+            latest: RwLock::new(Rates::default()),
+        };
+        let now = Instant::now();
+        let mut prev = Prev {
+            at: now.checked_sub(Duration::from_secs(1)).unwrap(),
+            connections: 0,
+            shares: 0,
+            messages: 0,
+            bytes: 0,
+            errors: 0,
+            last_sweep: now,
+        };
+        let (mut sys, pid) = (System::new(), Pid::from_u32(std::process::id()));
+        let a = shared.stats.worker_connected("acct.a");
+        let b = shared.stats.worker_connected("acct.b");
+        a.add_accepted(1_000.0);
+        b.add_accepted(3_000.0);
+        sampler.sample(&shared, &mut prev, &mut sys, pid);
+        let (ha, hb) = (a.hashrates(), b.hashrates());
+        assert!(ha.iter().all(|h| *h > 0.0), "{ha:?}");
+        for i in 0..4 {
+            assert!(
+                (hb[i] / ha[i] - 3.0).abs() < 1e-9,
+                "window {i}: {ha:?} {hb:?}"
+            );
+            let total = sampler.latest.read().total_hashrate(i);
+            assert!((total - ha[i] - hb[i]).abs() <= 1e-9 * total, "window {i}");
+        }
+        // No new work: every estimate decays; b leaves and takes its share of the totals.
+        b.connections.store(0, Relaxed);
+        shared
+            .stats
+            .evict_idle(u64::MAX, Duration::ZERO, Duration::ZERO);
+        prev.at = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+        sampler.sample(&shared, &mut prev, &mut sys, pid);
+        let ha2 = a.hashrates();
+        assert!(
+            ha2.iter().zip(ha).all(|(now, before)| *now < before),
+            "{ha2:?}"
+        );
+        assert_eq!(sampler.latest.read().total_hashrates, ha2);
+    }
+
     #[test]
     fn hashrate_units() {
-        assert_eq!(super::format_hashrate(650e9), "650.0 GH/s");
-        assert_eq!(super::format_hashrate(150.5e12), "150.5 TH/s");
-        assert_eq!(super::format_hashrate(12.0), "12.0 H/s");
+        assert_eq!(format_hashrate(650e9), "650.0 GH/s");
+        assert_eq!(format_hashrate(150.5e12), "150.5 TH/s");
+        assert_eq!(format_hashrate(12.0), "12.0 H/s");
     }
 }

@@ -230,7 +230,6 @@ pub(super) async fn stats_workers(
         }
         None => None,
     };
-    let rates = st.sampler.latest.read().hashrates.clone();
     let pool = st
         .shared
         .upstream
@@ -276,7 +275,7 @@ pub(super) async fn stats_workers(
         .map(|w| {
             let submitted = w.submitted.load(Relaxed);
             let accepted = w.accepted.load(Relaxed);
-            let h = rates.get(&w.name).copied().unwrap_or([0.0; 4]);
+            let h = w.hashrates();
             json!({
                 "id": w.name,
                 "pool": pool,
