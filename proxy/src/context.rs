@@ -54,6 +54,23 @@ pub struct Shared {
     pub tracker: TaskTracker,
 }
 
+#[cfg(test)]
+impl Shared {
+    /// The default configuration's shared state: no pools, no storage, events off.
+    pub(crate) fn for_tests() -> Arc<Shared> {
+        let cfg = Config::default();
+        Shared::new(
+            Arc::new(cfg.clone()),
+            Arc::new(Stats::default()),
+            EventSink::disabled(),
+            false,
+            UpstreamSettings::from_config(&cfg, vec![]),
+            CancellationToken::new(),
+        )
+        .expect("the default extranonce prefix size is valid")
+    }
+}
+
 impl Shared {
     pub fn new(
         config: Arc<Config>,

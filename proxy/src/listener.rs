@@ -103,11 +103,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventSink;
-    use crate::stats::Stats;
-    use crate::upstream::UpstreamSettings;
-    use loka_config::Config;
-    use tokio_util::sync::CancellationToken;
 
     /// A miner's connection is one task, allocated once with everything its future holds
     /// across an await: at 10,000 miners every byte here is 10 kB of memory. Submits are
@@ -116,16 +111,7 @@ mod tests {
     /// the future holds the session, its reader and the select over its inputs.
     #[tokio::test]
     async fn a_miners_task_stays_small() {
-        let cfg = Config::default();
-        let shared = Shared::new(
-            Arc::new(cfg.clone()),
-            Arc::new(Stats::default()),
-            EventSink::disabled(),
-            false,
-            UpstreamSettings::from_config(&cfg, vec![]),
-            CancellationToken::new(),
-        )
-        .unwrap();
+        let shared = Shared::for_tests();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, peer) = l.accept().await.unwrap();

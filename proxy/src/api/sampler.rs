@@ -174,25 +174,12 @@ pub fn format_hashrate(h: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventSink;
-    use crate::stats::Stats;
-    use crate::upstream::UpstreamSettings;
-    use loka_config::Config;
 
     /// Each worker's estimate follows its own accepted work and decays without it; the
     /// totals are the sum over the workers; a forgotten worker leaves the totals.
     #[tokio::test]
     async fn hashrates_follow_each_workers_work_and_sum_to_the_totals() {
-        let cfg = Config::default();
-        let shared = Shared::new(
-            Arc::new(cfg.clone()),
-            Arc::new(Stats::default()),
-            EventSink::disabled(),
-            false,
-            UpstreamSettings::from_config(&cfg, vec![]),
-            CancellationToken::new(),
-        )
-        .unwrap();
+        let shared = Shared::for_tests();
         let sampler = Sampler {
             latest: RwLock::new(Rates::default()),
         };
