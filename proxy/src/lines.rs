@@ -61,13 +61,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         let mut read = ReadBuf::uninit(&mut scratch);
         ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
         let got = read.filled();
-        if self.buf.is_empty() {
-            // Replaces (and so lets go of) the emptied buffer.
-            self.buf = BytesMut::from(got);
-        } else {
-            // A partial line: the decoder refuses it once it passes the line limit.
-            self.buf.extend_from_slice(got);
-        }
+        // Into the buffer `next_line` let go of (allocated at this size), or after a partial
+        // line, which the decoder refuses once it passes the line limit.
+        self.buf.extend_from_slice(got);
         Poll::Ready(Ok(got.len()))
     }
 

@@ -193,10 +193,9 @@ impl Session {
         let difficulty = self.difficulty_for(&job);
         let refused = if !share.meets(&difficulty.target()) {
             StratumError::low_difficulty()
+        } else if job.first_sighting(ShareKey::of(&share)) {
+            return Ok((job, share, difficulty));
         } else {
-            if job.first_sighting(ShareKey::of(&share)) {
-                return Ok((job, share, difficulty));
-            }
             StratumError::duplicate()
         };
         Err((refused, Some(job)))
