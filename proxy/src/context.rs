@@ -77,9 +77,10 @@ impl Shared {
         stats: Arc<Stats>,
         events: EventSink,
         events_enabled: bool,
-        upstream_settings: UpstreamSettings,
+        mut upstream_settings: UpstreamSettings,
         shutdown: CancellationToken,
     ) -> Result<Arc<Shared>, ExtranonceError> {
+        upstream_settings.tls_counters = stats.tls.clone();
         let allocator = ExtranonceAllocator::new(config.mining.extranonce_prefix_size)?;
         let mode = config.mining.mode;
         let upstream = (mode == Mode::Aggregate)

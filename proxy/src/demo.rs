@@ -41,6 +41,9 @@ pub fn demo_config(
         username: "demo-account".into(),
         password: Some("x".into()),
         password_env: None,
+        tls: false,
+        tls_ca_file: None,
+        tls_fingerprint: None,
     }];
     cfg.validate()?;
     Ok(cfg)

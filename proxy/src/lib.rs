@@ -12,7 +12,8 @@
 //! - [`reload`]: a configuration reload as a pure plan (what applies now, what at restart).
 //! - [`stats`]: atomic counters read by the API; [`events`]: share/connection events.
 //! - [`settings`]: configuration file + environment + flags → [`loka_config::Config`].
-//! - [`lines`]: bounded line reading from sockets; [`clock`]: timestamps; [`telemetry`].
+//! - [`lines`]: bounded line reading from sockets; [`clock`]: timestamps; [`telemetry`];
+//!   [`tls`]: the listener's reloadable certificate, pool certificate checks, TLS counters.
 //! - [`demo`]: the self-contained demo (local pool simulator and hashing miners).
 
 pub mod api;
@@ -29,4 +30,5 @@ pub mod session;
 pub mod settings;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -1,20 +1,45 @@
-//! The Stratum listener: accepts miners on TCP under the connection limits and runs one
-//! session task each; the API's WebSocket `/stratum` hands its admitted connections to
-//! [`run_session`] too. On drain it stops accepting; sessions tell miners to reconnect.
+//! The Stratum listeners: accept miners on TCP, and on the TLS port when one is set, under
+//! the connection limits, and run one session task each; the API's WebSocket `/stratum`
+//! hands its admitted connections to [`run_session`] too. On drain they stop accepting;
+//! sessions tell miners to reconnect.
 
 use crate::context::Shared;
 use crate::events::{ConnectionEvent, Event};
 use crate::registry::Admission;
 use crate::session::Session;
+use crate::stats::Transport;
+use crate::tls::{CertificateFiles, MinerFailure};
 use loka_config::Backoff;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-/// Accept miners until drained; returns when the listener is closed.
+/// Accept miners on the plain port until drained; returns when the listener is closed.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    accept_loop(listener, shared, |stream, peer, shared, admission| {
+        handle(stream, peer, shared, admission)
+    })
+    .await
+}
+
+/// Accept miners on the TLS port until drained: each connection's handshake runs in its
+/// own task, under the connection limits like a plain one.
+pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    accept_loop(listener, shared, move |stream, peer, shared, admission| {
+        handle_tls(stream, peer, acceptor.clone(), shared, admission)
+    })
+    .await
+}
+
+async fn accept_loop<F, T>(listener: TcpListener, shared: Arc<Shared>, task: T)
+where
+    T: Fn(TcpStream, SocketAddr, Arc<Shared>, Admission) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     // EMFILE and friends: wait a little instead of spinning.
     let backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
     let mut failures = 0;
@@ -41,7 +66,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         shared
             .tracker
-            .spawn(handle(stream, peer, shared.clone(), admission));
+            .spawn(task(stream, peer, shared.clone(), admission));
     }
     tracing::info!("stopped accepting miners");
 }
@@ -61,9 +86,94 @@ fn handle(
     async move {
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
-        run_session(r, w, peer, shared).await;
+        run_session(r, w, peer, shared, Transport::Tcp).await;
         // Held until the session ends: its slot under the connection limits.
         drop(admission);
+    }
+}
+
+/// A TLS record starts with this byte (a handshake record: the ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
+fn handle_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    admission: Admission,
+) -> impl Future<Output = ()> {
+    async move {
+        let _ = stream.set_nodelay(true);
+        let limit = shared
+            .config()
+            .server
+            .tls
+            .as_ref()
+            .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+        let handshake = async {
+            // Plain Stratum (a JSON line) to this port is told apart before rustls sees it.
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first).await {
+                Ok(0) | Err(_) => return Err(MinerFailure::Closed),
+                Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => return Err(MinerFailure::PlainText),
+                Ok(_) => {}
+            }
+            acceptor
+                .accept(stream)
+                .await
+                .map_err(|e| MinerFailure::of(&e))
+        };
+        let tls = &shared.stats.tls;
+        let why = match tokio::time::timeout(limit, handshake).await {
+            Ok(Ok(stream)) => {
+                tls.miner_handshakes.fetch_add(1, Relaxed);
+                let (r, w) = tokio::io::split(stream);
+                run_session(r, w, peer, shared.clone(), Transport::Tls).await;
+                None
+            }
+            Ok(Err(why)) => Some(why),
+            Err(_) => Some(MinerFailure::Timeout),
+        };
+        if let Some(why) = why {
+            tls.miner_failed(why);
+            tracing::info!(%peer, reason = why.as_str(), "TLS handshake failed; connection closed");
+        }
+        drop(admission);
+    }
+}
+
+/// Read the listener's certificate files every `every` until shutdown: a new pair serves
+/// the next handshakes (connected miners keep their sessions); one that does not load is
+/// logged and counted, and the certificate in force stays.
+pub async fn watch_certificate(certs: Arc<CertificateFiles>, every: Duration, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let files = certs.clone();
+        let Ok(outcome) = tokio::task::spawn_blocking(move || files.reload()).await else {
+            continue;
+        };
+        let tls = &shared.stats.tls;
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
+                tls.certificate_reloads.fetch_add(1, Relaxed);
+                tracing::info!("TLS certificate reloaded; new handshakes use it");
+            }
+            Err(e) => {
+                tls.certificate_reload_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "TLS certificate files refused; the one in force stays");
+            }
+        }
     }
 }
 
@@ -78,6 +188,7 @@ pub fn run_session<R, W>(
     w: W,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    transport: Transport,
 ) -> impl Future<Output = ()>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -85,7 +196,7 @@ where
 {
     async move {
         let id = shared.registry.open(peer, crate::clock::now_rfc3339());
-        shared.stats.connection_opened();
+        shared.stats.connection_opened(transport);
         shared.emit(Event::Connection(ConnectionEvent::Connected {
             connection_id: id,
             remote: peer,

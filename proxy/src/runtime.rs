@@ -2,8 +2,9 @@
 
 use crate::context::Shared;
 use crate::events::{Event, EventSink};
-use crate::listener::serve;
+use crate::listener::{serve, serve_tls, watch_certificate};
 use crate::stats::Stats;
+use crate::tls::CertificateFiles;
 use crate::upstream::UpstreamSettings;
 use crate::upstream::conn::PoolEndpoint;
 use anyhow::Context;
@@ -20,12 +21,15 @@ use tokio_util::task::TaskTracker;
 /// A running proxy.
 pub struct ProxyHandle {
     pub stratum_addr: SocketAddr,
+    /// The TLS port's address, when `server.tls` is set.
+    pub tls_addr: Option<SocketAddr>,
     /// The HTTP API's address, when `api.enabled`.
     pub api_addr: Option<SocketAddr>,
     pub api: Option<Arc<crate::api::ApiState>>,
     pub shared: Arc<Shared>,
     tracker: TaskTracker,
     accept: JoinHandle<()>,
+    tls_accept: Option<JoinHandle<()>>,
     shutdown: CancellationToken,
 }
 
@@ -49,6 +53,23 @@ pub async fn start(
         .await
         .with_context(|| format!("bind Stratum listener on {addr}"))?;
     let stratum_addr = listener.local_addr()?;
+    // The certificate is loaded before anything starts: a bad pair stops the proxy here,
+    // naming the file.
+    let tls = match &cfg.server.tls {
+        None => None,
+        Some(t) => {
+            let certs = Arc::new(
+                CertificateFiles::load(t.cert_file.as_ref(), t.key_file.as_ref())
+                    .context("server.tls")?,
+            );
+            let config = crate::tls::server_config(certs.clone()).context("server.tls")?;
+            let addr = format!("{}:{}", cfg.server.bind_address, t.port);
+            let listener = TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("bind Stratum TLS listener on {addr}"))?;
+            Some((listener, config, certs, t.reload_interval))
+        }
+    };
     let shutdown = CancellationToken::new();
     let settings = UpstreamSettings::from_config(&cfg, pools);
     let (sink, enabled) = match events {
@@ -80,8 +101,21 @@ pub async fn start(
     };
     let accept = tokio::spawn(serve(listener, shared.clone()));
     tracing::info!(%stratum_addr, mode = %shared.mode, "Stratum listener up");
+    let (tls_addr, tls_accept) = match tls {
+        None => (None, None),
+        Some((listener, config, certs, every)) => {
+            let tls_addr = listener.local_addr()?;
+            tokio::spawn(watch_certificate(certs, every, shared.clone()));
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let accept = tokio::spawn(serve_tls(listener, acceptor, shared.clone()));
+            tracing::info!(%tls_addr, "Stratum TLS listener up");
+            (Some(tls_addr), Some(accept))
+        }
+    };
     Ok(ProxyHandle {
         stratum_addr,
+        tls_addr,
+        tls_accept,
         api_addr,
         api,
         shared,
@@ -112,6 +146,9 @@ impl ProxyHandle {
         let started = Instant::now();
         self.shared.drain.cancel();
         let _ = self.accept.await;
+        if let Some(tls) = self.tls_accept {
+            let _ = tls.await;
+        }
         self.tracker.close();
         let _ = tokio::time::timeout(deadline, self.tracker.wait()).await;
         let left = self.tracker.len();

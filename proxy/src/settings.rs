@@ -3,7 +3,7 @@
 //! [`Config`] is pure over the parsed flags and the file text, and reports every error.
 
 use clap::{Args, Parser, Subcommand};
-use loka_config::{Config, ConfigErrors, LogFormat, Mode, PoolConfig, parse_pool_url};
+use loka_config::{Config, ConfigErrors, LogFormat, Mode, PoolConfig, PoolUrl, parse_pool_url};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -127,7 +127,8 @@ pub struct Overrides {
     /// Most connections per client IP (0 = unlimited).
     #[arg(long, env = "LOKA_MAX_CONNECTIONS_PER_IP", global = true)]
     pub max_connections_per_ip: Option<u32>,
-    /// Upstream pool URL(s) in failover order, e.g. stratum+tcp://pool.example.com:3333
+    /// Upstream pool URL(s) in failover order, e.g. stratum+tcp://pool.example.com:3333 or
+    /// stratum+ssl://pool.example.com:4443 (TLS, verified against the system's roots)
     /// (replaces the file's pools; comma-separated in the environment variable).
     #[arg(
         long = "pool",
@@ -206,7 +207,7 @@ pub fn build(file_text: Option<&str>, o: &Overrides) -> Result<Config, ConfigErr
                 cfg.pools.clear();
                 for (i, url) in o.pools.iter().enumerate() {
                     match parse_pool_url(url) {
-                        Ok((host, port)) => cfg.pools.push(PoolConfig {
+                        Ok(PoolUrl { host, port, tls }) => cfg.pools.push(PoolConfig {
                             name: if i == 0 {
                                 "primary".into()
                             } else {
@@ -217,6 +218,9 @@ pub fn build(file_text: Option<&str>, o: &Overrides) -> Result<Config, ConfigErr
                             username: user.clone(),
                             password: o.pool_password.clone(),
                             password_env: None,
+                            tls,
+                            tls_ca_file: None,
+                            tls_fingerprint: None,
                         }),
                         Err(e) => errors.push(format!("--pool: {e}")),
                     }
@@ -305,6 +309,9 @@ mod tests {
             username: "u".into(),
             password: Some("pw".into()),
             password_env: None,
+            tls: false,
+            tls_ca_file: None,
+            tls_fingerprint: None,
         });
         let s = sanitized(&cfg).to_toml();
         assert!(!s.contains("secret") && !s.contains("\"pw\""), "{s}");

@@ -47,7 +47,35 @@ pub struct Stats {
     pub share_difficulty: Histogram,
     /// From a pool job arriving to its notify written to a miner, in seconds (fan-out).
     pub notify_delay: Histogram,
+    /// Connections opened, by transport ([`Transport`] order).
+    connections_by_transport: [AtomicU64; 3],
+    /// TLS handshakes, failures and certificate reloads (the upstream tasks hold it too).
+    pub tls: Arc<crate::tls::TlsCounters>,
     workers: Mutex<Workers>,
+}
+
+/// How a miner's connection reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The plain Stratum port.
+    Tcp,
+    /// The TLS port.
+    Tls,
+    /// The API's WebSocket `/stratum`.
+    WebSocket,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Tcp, Transport::Tls, Transport::WebSocket];
+
+    /// The `transport` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::WebSocket => "websocket",
+        }
+    }
 }
 
 /// The workers known in memory, swept of idle ones as new names arrive.
@@ -128,6 +156,8 @@ impl Default for Stats {
             submit_latency: Histogram::new(SUBMIT_LATENCY_BUCKETS.to_vec()),
             share_difficulty: Histogram::new((0..16).map(|i| 1e-9 * 16f64.powi(i)).collect()),
             notify_delay: Histogram::new(NOTIFY_DELAY_BUCKETS.to_vec()),
+            connections_by_transport: Default::default(),
+            tls: Default::default(),
             workers: Mutex::new(Workers {
                 by_name: HashMap::new(),
                 sweep_at: FIRST_SWEEP,
@@ -137,10 +167,18 @@ impl Default for Stats {
 }
 
 impl Stats {
-    pub fn connection_opened(&self) {
+    pub fn connection_opened(&self, transport: Transport) {
+        self.connections_by_transport[transport as usize].fetch_add(1, Relaxed);
         self.connections_total.fetch_add(1, Relaxed);
         let now = self.connections_current.fetch_add(1, Relaxed) + 1;
         self.connections_peak.fetch_max(now, Relaxed);
+    }
+
+    /// Connections opened so far, by transport.
+    pub fn connections_by_transport(&self) -> impl Iterator<Item = (Transport, u64)> + '_ {
+        Transport::ALL
+            .iter()
+            .map(|&t| (t, self.connections_by_transport[t as usize].load(Relaxed)))
     }
 
     pub fn connection_closed(&self) {

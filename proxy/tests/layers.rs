@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
         "clock",
         "lines",
         "events",
+        "tls",
     ],
 ];
 

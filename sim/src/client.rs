@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::share::{parse_u32_hex, u32_hex};
@@ -123,34 +122,69 @@ impl Subscription {
     }
 }
 
-/// A raw Stratum client over TCP. Messages read while waiting for something else are kept
-/// in an inbox, so replies and notifications may arrive in any order.
+async fn tcp_connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A raw Stratum client over TCP or TLS. Messages read while waiting for something else
+/// are kept in an inbox, so replies and notifications may arrive in any order.
 pub struct StratumClient {
-    reader: LineReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: LineReader<Box<dyn AsyncRead + Send + Unpin>>,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     next_id: u64,
     inbox: VecDeque<Value>,
     timeout: Duration,
     peer: SocketAddr,
+    local: SocketAddr,
 }
 
 impl StratumClient {
     /// Connect (with the default 5 s timeout for every later wait).
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<Self> {
-        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        let _ = stream.set_nodelay(true);
-        let peer = stream.peer_addr()?;
+        let stream = tcp_connect(addr).await?;
+        let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
         let (rd, wr) = stream.into_split();
-        Ok(Self {
+        Ok(Self::over(Box::new(rd), Box::new(wr), peer, local))
+    }
+
+    /// Connect and complete a TLS handshake with `config`, checking the server's
+    /// certificate for `server_name`.
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<Self> {
+        let stream = tcp_connect(addr).await?;
+        let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+        let tls = tokio::time::timeout(Duration::from_secs(5), handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let (rd, wr) = tokio::io::split(tls);
+        Ok(Self::over(Box::new(rd), Box::new(wr), peer, local))
+    }
+
+    fn over(
+        rd: Box<dyn AsyncRead + Send + Unpin>,
+        wr: Box<dyn AsyncWrite + Send + Unpin>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        Self {
             reader: LineReader::with_limit(rd, 1 << 20),
             writer: wr,
             next_id: 1,
             inbox: VecDeque::new(),
             timeout: Duration::from_secs(5),
             peer,
-        })
+            local,
+        }
     }
 
     /// Set how long each wait may take.
@@ -163,7 +197,7 @@ impl StratumClient {
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.writer.local_addr()
+        Ok(self.local)
     }
 
     /// Send bytes exactly as given (junk, partial lines, a TLS ClientHello, …).

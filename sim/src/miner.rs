@@ -49,6 +49,32 @@ pub struct MinerConfig {
     pub same_submit_id: Option<u64>,
     /// Cap on hashes per second (`None` = as fast as one thread goes).
     pub hashrate: Option<f64>,
+    /// Speak TLS: the client configuration and the name the server's certificate must carry.
+    pub tls: Option<(Arc<rustls::ClientConfig>, String)>,
+}
+
+/// A connection's byte stream: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+/// TLS over `stream` when the miner is set to speak it.
+async fn secure(
+    stream: TcpStream,
+    tls: &Option<(Arc<rustls::ClientConfig>, String)>,
+) -> std::io::Result<Box<dyn Io>> {
+    let Some((config, name)) = tls else {
+        return Ok(Box::new(stream));
+    };
+    let name = rustls::pki_types::ServerName::try_from(name.clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream);
+    match tokio::time::timeout(Duration::from_secs(5), handshake).await {
+        Ok(r) => Ok(Box::new(r?)),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
 }
 
 impl MinerConfig {
@@ -67,6 +93,7 @@ impl MinerConfig {
             string_ids: false,
             same_submit_id: None,
             hashrate: None,
+            tls: None,
         }
     }
 }
@@ -465,6 +492,21 @@ async fn io_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let stream = match secure(stream, &cfg.tls).await {
+            Ok(s) => s,
+            Err(e) => {
+                shared.update(|s| {
+                    s.connect_errors += 1;
+                    s.last_error = Some(format!("TLS with {addr}: {e}"));
+                });
+                if !cfg.reconnect {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
         session += 1;
         let reconnecting = ever_connected;
         ever_connected = true;
@@ -590,11 +632,11 @@ impl Session<'_> {
 
     async fn run(
         &mut self,
-        mut stream: TcpStream,
+        stream: Box<dyn Io>,
         shares: &mut mpsc::UnboundedReceiver<Found>,
         resume: Option<String>,
     ) -> SessionEnd {
-        let (rd, mut wr) = stream.split();
+        let (rd, mut wr) = tokio::io::split(stream);
         let mut reader = LineReader::with_limit(rd, 1 << 20);
         let mut hello = String::new();
         if self.cfg.configure_version_rolling {

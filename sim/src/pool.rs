@@ -12,7 +12,7 @@ use primitive_types::U256;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
@@ -65,6 +65,8 @@ pub struct MockPoolConfig {
     pub max_records: usize,
     /// Longest accepted request line.
     pub max_line: usize,
+    /// Speak Stratum over TLS with this server configuration (a `stratum+ssl` pool).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for MockPoolConfig {
@@ -86,6 +88,7 @@ impl Default for MockPoolConfig {
             merkle_branches: 4,
             max_records: 100_000,
             max_line: wire::DEFAULT_MAX_LINE,
+            tls: None,
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct PoolStats {
     pub notifies_sent: u64,
     /// Bad lines (non-JSON, over-long, not an object); such connections are closed.
     pub protocol_errors: u64,
+    /// TLS pools: connections whose handshake failed or timed out.
+    pub tls_handshake_failures: u64,
 }
 
 impl PoolStats {
@@ -449,7 +454,28 @@ async fn accept_loop(shared: Weak<Shared>, listener: TcpListener) {
         match accepted {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                s.spawn_conn(stream);
+                match s.cfg.tls.clone() {
+                    None => s.spawn_conn(stream),
+                    Some(config) => {
+                        // The handshake in its own task: a slow client holds up no one.
+                        let pool = Arc::downgrade(&s);
+                        tokio::spawn(async move {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            let handshake = acceptor.accept(stream);
+                            let Ok(Ok(tls)) =
+                                tokio::time::timeout(Duration::from_secs(10), handshake).await
+                            else {
+                                if let Some(pool) = pool.upgrade() {
+                                    pool.tls_failed();
+                                }
+                                return;
+                            };
+                            if let Some(pool) = pool.upgrade() {
+                                pool.spawn_conn(tls);
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "mock pool accept failed");
@@ -600,7 +626,15 @@ impl Shared {
         id
     }
 
-    fn spawn_conn(self: &Arc<Self>, stream: TcpStream) {
+    fn tls_failed(&self) {
+        self.inner.lock().stats.tls_handshake_failures += 1;
+        self.bump();
+    }
+
+    fn spawn_conn<S>(self: &Arc<Self>, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut g = self.inner.lock();
         if g.killed {
@@ -992,13 +1026,15 @@ fn remember_job_diff(c: &mut Conn, job_id: &str, jobs: &HashMap<String, Arc<Pool
         .insert(job_id.to_string(), c.diff_latest.clone());
 }
 
-async fn run_conn(
+async fn run_conn<S>(
     shared: Arc<Shared>,
     id: u64,
-    mut stream: TcpStream,
+    stream: S,
     mut rx: mpsc::UnboundedReceiver<Arc<str>>,
-) {
-    let (rd, wr) = stream.split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+{
+    let (rd, wr) = tokio::io::split(stream);
     let mut reader = LineReader::with_limit(rd, shared.cfg.max_line);
     let mut writer = BufWriter::new(wr);
     loop {

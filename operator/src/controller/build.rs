@@ -189,6 +189,9 @@ pub fn ordered_upstreams(pool: &StratumPool) -> Vec<(PoolConfig, Option<(String,
                     .unwrap_or_else(|| pool.spec.account.clone()),
                 password: None,
                 password_env: secret.as_ref().map(|(env, _)| env.clone()),
+                tls: false,
+                tls_ca_file: None,
+                tls_fingerprint: None,
             };
             (cfg, secret)
         })

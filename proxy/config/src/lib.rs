@@ -64,6 +64,43 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
+    /// A second Stratum port for miners speaking TLS (absent: plain text only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsListenerConfig>,
+}
+
+/// The TLS listener for miners, on `server.bind_address` beside the plain port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    pub port: u16,
+    /// PEM file of the certificate chain, the server's certificate first (`tls.crt` of a
+    /// Kubernetes TLS Secret).
+    pub cert_file: String,
+    /// PEM file of the private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) (`tls.key`).
+    pub key_file: String,
+    /// How often the two files are read for a new certificate. A new one serves the next
+    /// handshakes; connected miners keep their session. A pair that does not load (or whose
+    /// key does not match) is logged and counted, and the one in force stays.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub reload_interval: Duration,
+    /// Time a new connection has to complete the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsListenerConfig {
+    fn default() -> Self {
+        Self {
+            port: 3334,
+            cert_file: String::new(),
+            key_file: String::new(),
+            reload_interval: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The HTTP API (health, stats, metrics).
@@ -187,6 +224,39 @@ pub struct PoolConfig {
     /// Name of an environment variable holding the password (e.g. from a Kubernetes Secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// Speak Stratum over TLS to this pool (`stratum+ssl://` and `stratum+tls://` URLs).
+    /// Its certificate must chain to the system's roots (or `tls_ca_file`) and name `host`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// PEM file of the certificate authorities the pool's certificate must chain to,
+    /// instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<String>,
+    /// SHA-256 fingerprint of the pool's certificate (64 hex digits, colons allowed): only
+    /// that certificate is accepted. Alone, it is the whole check (a pool's self-signed
+    /// certificate); with `tls_ca_file`, the certificate must pass both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
+}
+
+impl PoolConfig {
+    /// The pinned fingerprint as bytes, if one is set and well formed.
+    pub fn tls_fingerprint_bytes(&self) -> Option<[u8; 32]> {
+        parse_fingerprint(self.tls_fingerprint.as_deref()?)
+    }
+}
+
+/// A SHA-256 fingerprint written as 64 hex digits, with or without colons between bytes.
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Share storage.
@@ -348,6 +418,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(600),
             first_work_delay: Duration::from_millis(20),
             drain_timeout: Duration::from_secs(20),
+            tls: None,
         }
     }
 }
@@ -505,6 +576,27 @@ impl Config {
                 e.push(format!("{name}: must be greater than zero"));
             }
         }
+        if let Some(t) = &s.tls {
+            if t.port == s.port && t.port != 0 {
+                e.push(format!("server.tls.port: {} is also server.port", t.port));
+            }
+            if self.api.enabled && t.port == self.api.port && t.port != 0 {
+                e.push(format!("server.tls.port: {} is also api.port", t.port));
+            }
+            for (name, path) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+                if path.trim().is_empty() {
+                    e.push(format!("server.tls.{name}: must name a PEM file"));
+                }
+            }
+            for (name, d) in [
+                ("server.tls.reload_interval", t.reload_interval),
+                ("server.tls.handshake_timeout", t.handshake_timeout),
+            ] {
+                if d.is_zero() {
+                    e.push(format!("{name}: must be greater than zero"));
+                }
+            }
+        }
         if self.upstream.backoff_max < self.upstream.backoff_initial {
             e.push("upstream.backoff_max: must not be below upstream.backoff_initial".into());
         }
@@ -607,6 +699,21 @@ impl Config {
                     "pools[{i}]: set password or password_env, not both"
                 ));
             }
+            if !p.tls && (p.tls_ca_file.is_some() || p.tls_fingerprint.is_some()) {
+                e.push(format!(
+                    "pools[{i}].tls: tls_ca_file and tls_fingerprint need tls = true"
+                ));
+            }
+            if p.tls_ca_file.as_ref().is_some_and(|f| f.trim().is_empty()) {
+                e.push(format!("pools[{i}].tls_ca_file: must name a PEM file"));
+            }
+            if let Some(f) = &p.tls_fingerprint
+                && parse_fingerprint(f).is_none()
+            {
+                e.push(format!(
+                    "pools[{i}].tls_fingerprint: {f:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+                ));
+            }
         }
         self.storage.validate_into(&mut e);
         if self.logging.level.trim().is_empty() {
@@ -627,12 +734,28 @@ impl Config {
     }
 }
 
-/// `stratum+tcp://host:port` (or `host:port`) → (host, port).
-pub fn parse_pool_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("stratum+tcp://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url);
+/// A pool's address as a URL gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUrl {
+    pub host: String,
+    pub port: u16,
+    /// `stratum+ssl://` or `stratum+tls://`.
+    pub tls: bool,
+}
+
+/// `stratum+tcp://host:port`, `stratum+ssl://host:port`, `stratum+tls://host:port` (or
+/// `host:port`, plain) → the pool's address.
+pub fn parse_pool_url(url: &str) -> Result<PoolUrl, String> {
+    let (rest, tls) = match url.split_once("://") {
+        None => (url, false),
+        Some(("stratum+tcp" | "tcp", rest)) => (rest, false),
+        Some(("stratum+ssl" | "stratum+tls" | "ssl" | "tls", rest)) => (rest, true),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{url:?}: scheme {scheme:?} is not stratum+tcp, stratum+ssl or stratum+tls"
+            ));
+        }
+    };
     let (host, port) = rest
         .rsplit_once(':')
         .ok_or_else(|| format!("{url:?}: expected host:port"))?;
@@ -646,7 +769,11 @@ pub fn parse_pool_url(url: &str) -> Result<(String, u16), String> {
     if port == 0 {
         return Err(format!("{url:?}: port must be 1..=65535"));
     }
-    Ok((host.to_string(), port))
+    Ok(PoolUrl {
+        host: host.to_string(),
+        port,
+        tls,
+    })
 }
 
 #[cfg(test)]

@@ -121,6 +121,59 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
             "Stratum messages received from miners",
             vec![(vec![], s.messages_received.load(Relaxed))],
         ),
+        (
+            "loka_stratum_connections_by_transport",
+            "Miner connections opened, by transport (tcp, tls, websocket)",
+            s.connections_by_transport()
+                .map(|(t, n)| (labels(&[("transport", t.as_str())]), n))
+                .collect(),
+        ),
+        (
+            "loka_stratum_tls_handshakes",
+            "TLS handshakes completed, with miners on the TLS port and with pools",
+            vec![
+                (
+                    labels(&[("side", "miner")]),
+                    s.tls.miner_handshakes.load(Relaxed),
+                ),
+                (
+                    labels(&[("side", "pool")]),
+                    s.tls.pool_handshakes.load(Relaxed),
+                ),
+            ],
+        ),
+        (
+            "loka_stratum_tls_handshake_failures",
+            "TLS handshakes that failed, by side and reason",
+            s.tls
+                .miner_failures()
+                .map(|(r, n)| (labels(&[("side", "miner"), ("reason", r.as_str())]), n))
+                .chain(
+                    s.tls
+                        .pool_failures()
+                        .map(|(r, n)| (labels(&[("side", "pool"), ("reason", r.as_str())]), n)),
+                )
+                .collect(),
+        ),
+        (
+            "loka_stratum_tls_certificate_reloads",
+            "Listener certificate files read anew: loaded (now in force) or refused (the one in force stayed)",
+            vec![
+                (
+                    labels(&[("result", "loaded")]),
+                    s.tls.certificate_reloads.load(Relaxed),
+                ),
+                (
+                    labels(&[("result", "refused")]),
+                    s.tls.certificate_reload_errors.load(Relaxed),
+                ),
+            ],
+        ),
+        (
+            "loka_stratum_tls_on_plain_port",
+            "Connections to the plain Stratum port that began a TLS handshake (closed)",
+            vec![(vec![], s.tls.tls_on_plain_port.load(Relaxed))],
+        ),
     ];
     use loka_stratum::error::ErrorCode::*;
     counters.push((

@@ -293,7 +293,14 @@ async fn bridge(st: Arc<ApiState>, peer: SocketAddr, socket: WebSocket, admissio
     let shared = st.shared.clone();
     // Tracked with the TCP sessions, so a drain waits for it too.
     let session = st.shared.tracker.spawn(async move {
-        crate::listener::run_session(server_r, server_w, peer, shared).await;
+        crate::listener::run_session(
+            server_r,
+            server_w,
+            peer,
+            shared,
+            crate::stats::Transport::WebSocket,
+        )
+        .await;
         drop(admission);
     });
     let (client_r, mut client_w) = tokio::io::split(client);

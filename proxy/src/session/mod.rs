@@ -361,7 +361,16 @@ impl Session {
                 self.close = Some(Close::Io(e.to_string()));
                 return;
             }
-            ReadError::Line(e) => e.to_string(),
+            ReadError::Line(e) => {
+                if e == loka_stratum::codec::LineError::Tls {
+                    self.shared
+                        .stats
+                        .tls
+                        .tls_on_plain_port
+                        .fetch_add(1, Relaxed);
+                }
+                e.to_string()
+            }
         };
         self.shared.stats.protocol_errors.fetch_add(1, Relaxed);
         tracing::info!(conn = self.id, peer = %self.peer, %reason, "closing connection");

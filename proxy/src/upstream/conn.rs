@@ -1,16 +1,20 @@
-//! One TCP session with one pool: the handshake (configure, subscribe, authorize, first job)
-//! and decoding what the pool sends.
+//! One session with one pool, over TCP or TLS: the handshake (TLS, configure, subscribe,
+//! authorize, first job) and decoding what the pool sends.
 
 use crate::lines::LineReader;
+use crate::tls::{PoolFailure, PoolTls};
 use crate::upstream::UpstreamError;
 pub use loka_stratum::pool::PoolMessage;
 use loka_stratum::pool::{decode_pool_line, granted_mask, parse_subscribe};
 use loka_stratum::{Difficulty, Job, StratumError};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The pool connection's halves: TCP's own, or TLS's split.
+pub type PoolReader = Box<dyn AsyncRead + Send + Unpin>;
+pub type PoolWriter = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A pool with its password resolved.
 #[derive(Clone, PartialEq, Eq)]
@@ -20,6 +24,8 @@ pub struct PoolEndpoint {
     pub port: u16,
     pub username: String,
     pub password: String,
+    /// Speak TLS, checking the pool's certificate so.
+    pub tls: Option<PoolTls>,
 }
 
 impl std::fmt::Debug for PoolEndpoint {
@@ -27,9 +33,13 @@ impl std::fmt::Debug for PoolEndpoint {
         // Never print the password.
         write!(
             f,
-            "{}({}:{} as {})",
+            "{}({}:{} as {}",
             self.name, self.host, self.port, self.username
-        )
+        )?;
+        match &self.tls {
+            Some(tls) => write!(f, ", {tls:?})"),
+            None => write!(f, ")"),
+        }
     }
 }
 
@@ -41,8 +51,8 @@ pub struct PoolConn {
     /// The address connected to (the configured one, or where the pool redirected us).
     pub host: String,
     pub port: u16,
-    pub reader: LineReader<OwnedReadHalf>,
-    pub writer: OwnedWriteHalf,
+    pub reader: LineReader<PoolReader>,
+    pub writer: PoolWriter,
     pub extranonce1: Vec<u8>,
     pub extranonce2_size: usize,
     /// Latest difficulty the pool set (applies to the jobs it sends next).
@@ -95,7 +105,25 @@ impl PoolConn {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        let (r, w): (PoolReader, PoolWriter) = match &pool.tls {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(tls) => {
+                let stream =
+                    tls.connect(&pool.host, stream)
+                        .await
+                        .map_err(|source| UpstreamError::Tls {
+                            host: pool.host.clone(),
+                            port: pool.port,
+                            reason: PoolFailure::of(&source),
+                            source,
+                        })?;
+                let (r, w) = tokio::io::split(stream);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let mut conn = PoolConn {
             index,
             host: pool.host.clone(),

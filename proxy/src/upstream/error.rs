@@ -3,6 +3,7 @@
 //! [`FailureKind`]) all say the same thing.
 
 use crate::lines::ReadError;
+use crate::tls::PoolFailure;
 use crate::upstream::work::LayoutError;
 use loka_stratum::StratumError;
 use loka_stratum::pool::PoolLineError;
@@ -14,6 +15,13 @@ pub enum UpstreamError {
     Connect {
         host: String,
         port: u16,
+        source: std::io::Error,
+    },
+    #[error("TLS with {host}:{port}: {source}")]
+    Tls {
+        host: String,
+        port: u16,
+        reason: PoolFailure,
         source: std::io::Error,
     },
     #[error("handshake with {host}:{port} timed out after {after:?}")]
@@ -46,6 +54,7 @@ pub enum UpstreamError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     Connect,
+    Tls,
     Handshake,
     Refused,
     Io,
@@ -57,8 +66,9 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 9] = [
+    pub const ALL: [FailureKind; 10] = [
         Self::Connect,
+        Self::Tls,
         Self::Handshake,
         Self::Refused,
         Self::Io,
@@ -72,6 +82,7 @@ impl FailureKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
+            Self::Tls => "tls",
             Self::Handshake => "handshake_timeout",
             Self::Refused => "refused",
             Self::Io => "io",
@@ -88,6 +99,7 @@ impl UpstreamError {
     pub fn kind(&self) -> FailureKind {
         match self {
             Self::Connect { .. } => FailureKind::Connect,
+            Self::Tls { .. } => FailureKind::Tls,
             Self::HandshakeTimeout { .. } => FailureKind::Handshake,
             Self::SubscribeRefused(_) | Self::AuthorizeRefused { .. } => FailureKind::Refused,
             Self::Write(_) => FailureKind::Io,

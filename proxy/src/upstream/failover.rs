@@ -236,9 +236,18 @@ impl Upstream {
                     r = attempt => r,
                     _ = self.shutdown.cancelled() => return None,
                 };
+                let tls = &self.s.tls_counters;
                 match result {
-                    Ok(c) => return Some(Box::new(c)),
+                    Ok(c) => {
+                        if pool.tls.is_some() {
+                            tls.pool_handshakes.fetch_add(1, Relaxed);
+                        }
+                        return Some(Box::new(c));
+                    }
                     Err(reason) => {
+                        if let UpstreamError::Tls { reason: why, .. } = &reason {
+                            tls.pool_failed(*why);
+                        }
                         tracing::warn!(pool = %pool.name, %reason, kind = reason.kind().as_str(), "upstream connect failed");
                         self.status.failed(&reason);
                         self.penalise(i);

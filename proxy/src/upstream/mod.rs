@@ -15,7 +15,7 @@ mod settings;
 pub mod work;
 
 pub use error::{FailureKind, UpstreamError};
-pub use settings::{MissingPassword, UpstreamSettings, resolve_pools};
+pub use settings::{PoolSetupError, UpstreamSettings, resolve_pools};
 
 pub use failover::spawn;
 

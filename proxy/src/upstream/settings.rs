@@ -1,5 +1,6 @@
 //! How an upstream session is run, from the configuration and the resolved pools.
 
+use crate::tls::{PoolTls, TlsCounters, TlsError};
 use crate::upstream::conn::PoolEndpoint;
 use loka_config::{Config, Mode, UpstreamConfig};
 use std::sync::Arc;
@@ -19,38 +20,61 @@ pub struct UpstreamSettings {
     pub max_jobs: usize,
     /// Submit as `account.worker` (each worker authorized upstream on first use).
     pub forward_worker_names: bool,
+    /// Where TLS handshakes with pools are counted (the proxy's [`crate::stats::Stats`]
+    /// gives its own).
+    pub tls_counters: Arc<TlsCounters>,
 }
 
-/// A pool's `password_env` names a variable that is not set.
+/// A pool that cannot be connected to as configured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("pools[{pool}].password_env: environment variable {var} is not set")]
-pub struct MissingPassword {
-    pub pool: String,
-    pub var: String,
+pub enum PoolSetupError {
+    /// Its `password_env` names a variable that is not set.
+    #[error("pools[{pool}].password_env: environment variable {var} is not set")]
+    MissingPassword { pool: String, var: String },
+    /// Its TLS settings do not load (an unreadable or empty CA file, no system roots).
+    #[error("pools[{pool}].tls: {error}")]
+    Tls { pool: String, error: TlsError },
 }
 
-/// Pool endpoints with passwords resolved through `lookup` (the environment, in `main`).
+/// Pool endpoints with passwords resolved through `lookup` (the environment, in `main`)
+/// and TLS settings loaded (CA files read, the system's roots read once).
 pub fn resolve_pools(
     cfg: &Config,
     lookup: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<PoolEndpoint>, MissingPassword> {
+) -> Result<Vec<PoolEndpoint>, PoolSetupError> {
     cfg.pools
         .iter()
         .map(|p| {
             let password = match (&p.password, &p.password_env) {
                 (Some(pw), _) => pw.clone(),
-                (None, Some(var)) => lookup(var).ok_or_else(|| MissingPassword {
-                    pool: p.name.clone(),
-                    var: var.clone(),
-                })?,
+                (None, Some(var)) => {
+                    lookup(var).ok_or_else(|| PoolSetupError::MissingPassword {
+                        pool: p.name.clone(),
+                        var: var.clone(),
+                    })?
+                }
                 (None, None) => "x".to_string(),
             };
+            let tls = p
+                .tls
+                .then(|| {
+                    PoolTls::new(
+                        p.tls_ca_file.as_deref().map(std::path::Path::new),
+                        p.tls_fingerprint_bytes(),
+                    )
+                })
+                .transpose()
+                .map_err(|error| PoolSetupError::Tls {
+                    pool: p.name.clone(),
+                    error,
+                })?;
             Ok(PoolEndpoint {
                 name: Arc::from(p.name.as_str()),
                 host: p.host.clone(),
                 port: p.port,
                 username: p.username.clone(),
                 password,
+                tls,
             })
         })
         .collect()
@@ -69,6 +93,7 @@ impl UpstreamSettings {
             version_mask: cfg.version_rolling_mask(),
             max_jobs: cfg.mining.max_jobs,
             forward_worker_names: cfg.mining.forward_worker_names,
+            tls_counters: Arc::default(),
         }
     }
 }
@@ -83,7 +108,7 @@ mod tests {
         let e = resolve_pools(&cfg, |_| None).unwrap_err();
         assert_eq!(
             e,
-            MissingPassword {
+            PoolSetupError::MissingPassword {
                 pool: "main_pool".into(),
                 var: "LOKA_POOL_PASSWORD".into()
             }

@@ -55,6 +55,9 @@ pub fn config(pools: &[SocketAddr], mode: Mode) -> Config {
             username: "farm".into(),
             password: Some("secret".into()),
             password_env: None,
+            tls: false,
+            tls_ca_file: None,
+            tls_fingerprint: None,
         })
         .collect();
     cfg
