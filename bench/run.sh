@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmarks of the proxy, as reported in BENCHMARKS.md. Bounded in time; stops by itself.
-#   bench/run.sh [hold|throughput|api|api-cost|storage|profile|farm|heap|soak|all]
+#   bench/run.sh [hold|throughput|api|api-cost|storage|profile|farm|heap|soak|tls|all]
+# tls: what TLS costs, plain port against TLS port of one proxy, alternating (TLS_ROUNDS, 2):
+# proxy CPU and RSS per held connection (TLS_CONNECTIONS, 5000, opened at once), connect +
+# handshake time, and submit latency and CPU per share at 1,000 miners x 10 shares/s.
 # profile: perf (Debian linux-perf) records the proxy under 10,000 miners; prints self time
 # by function and by thread; PROFILE_KEEP=<file> keeps perf.data for `perf report -i <file>`.
 # soak: 10,000 miners (SOAK_MINERS) at 0.2 shares/s for 600 s (SOAK_SECONDS); RSS, CPU and the
@@ -85,6 +88,15 @@ writer_nice = ${STORAGE_WRITER_NICE:-10}
 [logging]
 level = "warn"
 T
+  if [ -n "${PROXY_TLS_DIR:-}" ]; then
+    cat >>"$work/proxy.toml" <<T
+[server.tls]
+port = 13343
+cert_file = "$PROXY_TLS_DIR/tls.crt"
+key_file = "$PROXY_TLS_DIR/tls.key"
+handshake_timeout = "60s"
+T
+  fi
   # As the image runs it (Dockerfile: ENV MALLOC_ARENA_MAX=2); MALLOC_ARENA_MAX= for glibc's default.
   MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX-2}" "${pin[@]}" "${PROXY_BIN:-$P}" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
   proxy_pid=$!
@@ -529,6 +541,80 @@ PY
   true
 }
 
+tls_certs() { # $1 dir: a CA and a certificate for localhost signed by it (ECDSA P-256)
+  mkdir -p "$1"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=bench-ca -keyout "$1/ca.key" -out "$1/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -keyout "$1/tls.key" -out "$1/tls.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$1/ext"
+  openssl x509 -req -in "$1/tls.csr" -CA "$1/ca.crt" -CAkey "$1/ca.key" -CAcreateserial -days 1 \
+    -extfile "$1/ext" -out "$1/tls.crt" 2>/dev/null
+}
+
+tls_hold_arm() { # $1 label $2 port [$3 --tls-ca args...]: open TLS_CONNECTIONS at once, hold them
+  local n="${TLS_CONNECTIONS:-5000}" rss0 rss1 t0 t1 b
+  rss0=$(rss_kib "$proxy_pid"); t0=$(cpu_ticks "$proxy_pid")
+  "$B" --target "127.0.0.1:$2" --hold --connections "$n" --duration 12 --connect-timeout 60 "${@:3}" \
+    >"$work/tls-hold.json" 2>/dev/null &
+  b=$!
+  sleep 10
+  rss1=$(rss_kib "$proxy_pid"); t1=$(cpu_ticks "$proxy_pid")
+  wait "$b"
+  python3 - "$1" "$work/tls-hold.json" "$rss0" "$rss1" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY' | tee -a "$work/tls.jsonl"
+import json, sys
+label, path, rss0, rss1, t0, t1, hz = sys.argv[1:]
+d = json.load(open(path))
+n = max(d["connections_established"], 1)
+c = d.get("connect_ms") or {}
+print(json.dumps({"scenario": label, "established": d["connections_established"],
+                  "connect_errors": d["connect_errors"],
+                  "connect_p50_ms": round(c.get("p50", 0), 2), "connect_p99_ms": round(c.get("p99", 0), 2),
+                  "connect_max_ms": round(c.get("max", 0), 1),
+                  "proxy_cpu_us_per_connection": round((int(t1) - int(t0)) / int(hz) * 1e6 / n, 1),
+                  "rss_bytes_per_connection": round((int(rss1) - int(rss0)) * 1024 / n),
+                  "errors": d["errors"][:3]}))
+PY
+}
+
+tls_load_arm() { # $1 label $2 port [$3 --tls-ca args...]: 1,000 miners x 10 shares/s
+  local t0 t1
+  t0=$(cpu_ticks "$proxy_pid")
+  "$B" --target "127.0.0.1:$2" --connections 1000 --rate 10000 --duration 20 --ramp 2 "${@:3}" \
+    >"$work/tls-load.json" 2>/dev/null
+  t1=$(cpu_ticks "$proxy_pid")
+  python3 - "$1" "$work/tls-load.json" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY' | tee -a "$work/tls.jsonl"
+import json, sys
+label, path, t0, t1, hz = sys.argv[1:]
+d = json.load(open(path))
+print(json.dumps({"scenario": label, "accepted_per_sec": round(d["accepted_per_sec"]),
+                  "rejected": d["rejected"], "disconnects": d["disconnects"],
+                  "submit_p50_ms": round(d["latency_us"]["p50"] / 1000, 3),
+                  "submit_p99_ms": round(d["latency_us"]["p99"] / 1000, 3),
+                  "proxy_cpu_us_per_share": round((int(t1) - int(t0)) / int(hz) * 1e6 / max(d["submitted"], 1), 2)}))
+PY
+}
+
+tls() { # plain port against TLS port of one proxy, alternating
+  local round tls_args
+  tls_certs "$work/tls"
+  tls_args=(--tls-ca "$work/tls/ca.crt" --tls-name localhost)
+  start_pool 13344 0.000000001 30
+  # A fresh proxy for each arm: the memory a held connection costs is measured from the same start.
+  for round in $(seq "${TLS_ROUNDS:-2}"); do
+    PROXY_TLS_DIR="$work/tls" start_proxy 13344 0.000000001 false
+    tls_hold_arm "plain: ${TLS_CONNECTIONS:-5000} connections opened at once, held" 13333
+    tls_load_arm "plain: 1,000 miners x 10 shares/s" 13333
+    kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+    PROXY_TLS_DIR="$work/tls" start_proxy 13344 0.000000001 false
+    tls_hold_arm "TLS: ${TLS_CONNECTIONS:-5000} connections opened at once, held" 13343 "${tls_args[@]}"
+    tls_load_arm "TLS: 1,000 miners x 10 shares/s" 13343 "${tls_args[@]}"
+    kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  done
+  [ -n "${BENCH_OUT:-}" ] && cp "$work/tls.jsonl" "$BENCH_OUT"
+  true
+}
+
 profile() { # where the proxy's CPU goes: 10,000 miners at 0.2 shares/s each, storage on (SQLite)
   start_pool 13336 0.000000001 5
   start_proxy 13336 0.000000001 true embedded
@@ -562,6 +648,7 @@ case "${1:-all}" in
   farm) farm ;;
   heap) heap ;;
   soak) soak ;;
+  tls) tls ;;
   all) hold; throughput; api; api_cost; storage ;;
   *) echo "usage: $0 [hold|throughput|api|api-cost|storage|profile|farm|heap|soak|all]" >&2; exit 2 ;;
 esac

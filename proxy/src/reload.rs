@@ -1,7 +1,8 @@
 //! `POST /config/reload` as a pure plan: which settings of a new configuration take effect
 //! now, and which keep their running value until the proxy restarts.
 //!
-//! Settings read once at start (the listener, the mode and extranonce layout the upstream
+//! Settings read once at start (the listeners, the TLS port and its certificate's paths
+//! among them, whose files the listener re-reads by itself; the mode and extranonce layout the upstream
 //! session and allocator were built with, the upstream task's timing, storage, the API,
 //! logging, telemetry) keep their running value in the configuration the proxy holds after
 //! a reload, so that nothing reading it (new sessions, `GET /config`, the durable-ack
@@ -34,6 +35,7 @@ pub fn plan(running: &Config, mut new: Config) -> ReloadPlan {
         "server.bind_address" => server.bind_address;
         "server.port" => server.port;
         "server.max_connections" => server.max_connections;
+        "server.tls" => server.tls;
         "api" => api;
         "mining.mode" => mining.mode;
         "mining.extranonce_prefix_size" => mining.extranonce_prefix_size;
@@ -67,13 +69,15 @@ mod tests {
         new.mining.mode = Mode::Passthrough;
         new.storage.acknowledge = loka_config::AckPolicy::Durable;
         new.server.port = 4444;
+        new.server.tls = Some(loka_config::TlsListenerConfig::default());
         new.mining.ntime_window_secs = 600;
         new.vardiff.target_shares_per_minute = 6.0;
         let p = plan(&running, new);
         assert_eq!(
             p.requires_restart,
-            vec!["server.port", "mining.mode", "storage"]
+            vec!["server.port", "server.tls", "mining.mode", "storage"]
         );
+        assert_eq!(p.config.server.tls, None);
         assert_eq!(p.config.mining.mode, running.mining.mode);
         assert_eq!(p.config.storage, running.storage);
         assert_eq!(p.config.server.port, running.server.port);

@@ -339,6 +339,19 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+/// A failed handshake in words: rustls' own, or the pin's for a fingerprint mismatch.
+pub fn describe(e: &std::io::Error) -> String {
+    match rustls_error(e) {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) => {
+            match o.0.downcast_ref::<FingerprintMismatch>() {
+                Some(m) => format!("invalid peer certificate: {m}"),
+                None => e.to_string(),
+            }
+        }
+        _ => e.to_string(),
+    }
+}
+
 /// The rustls error inside an IO error from a handshake, if there is one.
 pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
     e.get_ref()?.downcast_ref::<rustls::Error>()
@@ -511,6 +524,10 @@ mod tests {
             )))),
         );
         assert_eq!(PoolFailure::of(&e), PoolFailure::Fingerprint);
+        assert_eq!(
+            describe(&e),
+            "invalid peer certificate: certificate fingerprint sha256 aa is not the pinned bb"
+        );
         let expired = std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(CertificateError::Expired),

@@ -454,6 +454,8 @@ async fn expired_wrong_host_self_signed_and_unpinned_pool_certificates_are_refus
     // Pinned to another certificate than the one it presents.
     cfg.pools[3].tls_ca_file = None;
     cfg.pools[3].tls_fingerprint = Some(Leaf::self_signed(&["127.0.0.1"]).sha256_hex());
+    cfg.api.enabled = true;
+    cfg.api.port = 0;
     let proxy = proxy(cfg).await;
     let miner = SimMiner::spawn(MinerConfig {
         hashrate: Some(20_000.0),
@@ -487,6 +489,29 @@ async fn expired_wrong_host_self_signed_and_unpinned_pool_certificates_are_refus
         );
     }
     assert_eq!(count(PoolFailure::Io), 0);
+    // Each pool's reason, as `/health/pool` shows it.
+    let url = format!("http://{}/health/pool", proxy.api_addr.unwrap());
+    let health: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let pools = health["pools"].as_array().unwrap();
+    for (i, words) in [
+        "certificate expired",
+        "not valid for name",
+        "UnknownIssuer",
+        "is not the pinned",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let e = pools[i]["last_error"].as_str().unwrap_or_default();
+        assert!(
+            e.starts_with("TLS with 127.0.0.1:") && e.contains(words),
+            "pool{i}: {e:?}"
+        );
+        assert_eq!(pools[i]["tls"], true);
+        assert!(pools[i]["last_error_at"].is_string());
+    }
+    assert_eq!(pools[4]["status"], "connected");
+    assert_eq!(pools[4]["last_error"], serde_json::Value::Null);
     let status = &proxy.shared.upstream.as_ref().unwrap().status;
     let failures: Vec<_> = status.failures().filter(|(_, n)| *n > 0).collect();
     assert!(

@@ -236,6 +236,7 @@ impl ApiState {
             .map(|p| {
                 let active = connected && detail.as_ref().and_then(|d| d.active_pool.as_deref()) == Some(&*p.name);
                 let latency = detail.as_ref().and_then(|d| d.latency).map(|l| l.as_secs_f64() * 1000.0);
+                let failed = detail.as_ref().and_then(|d| d.pool_errors.get(&p.name));
                 json!({
                     "name": &*p.name,
                     "host": format!("{}:{}", p.host, p.port),
@@ -246,6 +247,9 @@ impl ApiState {
                     "last_message": if active { unix_ms_rfc3339(last_job) } else { None },
                     "jobs_received": if active { jobs } else { 0 },
                     "shares_submitted": if active { sent } else { 0 },
+                    "tls": p.tls.is_some(),
+                    "last_error": failed.map(|(e, _)| e),
+                    "last_error_at": failed.and_then(|(_, at)| unix_ms_rfc3339(*at)),
                 })
             })
             .collect()

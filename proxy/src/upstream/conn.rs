@@ -114,11 +114,11 @@ impl PoolConn {
                 let stream =
                     tls.connect(&pool.host, stream)
                         .await
-                        .map_err(|source| UpstreamError::Tls {
+                        .map_err(|e| UpstreamError::Tls {
                             host: pool.host.clone(),
                             port: pool.port,
-                            reason: PoolFailure::of(&source),
-                            source,
+                            reason: PoolFailure::of(&e),
+                            detail: crate::tls::describe(&e),
                         })?;
                 let (r, w) = tokio::io::split(stream);
                 (Box::new(r), Box::new(w))

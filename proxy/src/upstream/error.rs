@@ -17,12 +17,12 @@ pub enum UpstreamError {
         port: u16,
         source: std::io::Error,
     },
-    #[error("TLS with {host}:{port}: {source}")]
+    #[error("TLS with {host}:{port}: {detail}")]
     Tls {
         host: String,
         port: u16,
         reason: PoolFailure,
-        source: std::io::Error,
+        detail: String,
     },
     #[error("handshake with {host}:{port} timed out after {after:?}")]
     HandshakeTimeout {

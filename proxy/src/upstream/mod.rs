@@ -86,13 +86,24 @@ pub struct UpstreamDetail {
     pub active_host: Option<String>,
     pub latency: Option<Duration>,
     pub last_error: Option<String>,
+    /// Each pool's last failure (by name) and when, in Unix milliseconds.
+    pub pool_errors: std::collections::HashMap<Arc<str>, (String, u64)>,
 }
 
 impl UpstreamStatus {
     /// A connection attempt or session failed: shown as `last_error`, counted by kind.
-    fn failed(&self, e: &UpstreamError) {
+    fn failed(&self, pool: &Arc<str>, e: &UpstreamError) {
         self.failures[e.kind() as usize].fetch_add(1, Relaxed);
-        self.detail.lock().last_error = Some(e.to_string());
+        let text = e.to_string();
+        let mut d = self.detail.lock();
+        d.pool_errors
+            .insert(pool.clone(), (text.clone(), crate::clock::unix_ms()));
+        d.last_error = Some(text);
+    }
+
+    /// A pool's last failure and when (Unix milliseconds), if it ever failed.
+    pub fn pool_error(&self, pool: &str) -> Option<(String, u64)> {
+        self.detail.lock().pool_errors.get(pool).cloned()
     }
 
     /// Failures so far, by kind.

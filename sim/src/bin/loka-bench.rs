@@ -89,6 +89,12 @@ struct Args {
     /// The "slow" threshold of --timeline-ms, in microseconds.
     #[arg(long, default_value_t = 1000)]
     timeline_slow_us: u64,
+    /// Speak TLS, trusting the certificate authorities in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<String>,
+    /// The name the endpoint's certificate must carry (with --tls-ca).
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
     #[arg(long, hide = true, default_value_t = 0)]
     worker_offset: u64,
     #[arg(long, hide = true)]
@@ -124,6 +130,9 @@ struct Report {
     accepted_per_sec: f64,
     latency_us: Option<Quantiles>,
     notify_fanout_ms: Option<Quantiles>,
+    /// From starting the TCP connect to the TLS session being up (TCP alone without TLS).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    connect_ms: Option<Quantiles>,
     jobs_received: u64,
     disconnects: u64,
     reconnect_requests: u64,
@@ -279,6 +288,12 @@ struct Ctx {
     rejected: Mutex<BTreeMap<String, u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
     latency: Vec<Mutex<Histogram<u64>>>,
+    /// Connect (and TLS handshake) times in µs.
+    connect: Mutex<Histogram<u64>>,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     timeline: Option<TimelineSlots>,
     fanout: Mutex<HashMap<String, FanoutEntry>>,
     difficulty: Mutex<Option<f64>>,
@@ -477,6 +492,20 @@ async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
     let interval =
         (args.rate > 0.0 && !args.hold).then(|| Duration::from_secs_f64(n as f64 / args.rate));
     let capacity_hps = measure_hash_speed() * threads as f64;
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(path) => match tls_connector(path, &args.tls_name) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return Report {
+                    mode: mode(args).into(),
+                    connections_target: n,
+                    errors: vec![e],
+                    ..Report::default()
+                };
+            }
+        },
+    };
     let start = Instant::now();
     let ctx = Arc::new(Ctx {
         target: target.to_string(),
@@ -498,6 +527,8 @@ async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
         rejected: Mutex::new(BTreeMap::new()),
         errors: Mutex::new(BTreeMap::new()),
         latency: (0..SHARDS).map(|_| Mutex::new(new_hist())).collect(),
+        connect: Mutex::new(new_hist()),
+        tls,
         timeline: (args.timeline_ms > 0)
             .then(|| TimelineSlots::new(start, args.timeline_ms, args.timeline_slow_us, duration)),
         fanout: Mutex::new(HashMap::new()),
@@ -568,6 +599,7 @@ async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
         },
         latency_us: quantiles(&lat, 1.0),
         notify_fanout_ms: quantiles(&fan, 1000.0),
+        connect_ms: quantiles(&ctx.connect.lock(), 1000.0),
         jobs_received: ctx.jobs_received.load(Ordering::Relaxed),
         disconnects: ctx.disconnects.load(Ordering::Relaxed),
         reconnect_requests: ctx.reconnect_requests.load(Ordering::Relaxed),
@@ -628,6 +660,7 @@ async fn conn_task(ctx: Arc<Ctx>, idx: u64, at: Instant) {
         return;
     }
     let timeout = Duration::from_secs_f64(ctx.args.connect_timeout.max(0.1));
+    let started = Instant::now();
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(&ctx.target)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -642,14 +675,82 @@ async fn conn_task(ctx: Arc<Ctx>, idx: u64, at: Instant) {
         }
     };
     let _ = stream.set_nodelay(true);
-    ctx.established.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = session(&ctx, idx, stream).await {
+    let outcome = match &ctx.tls {
+        None => {
+            record_connect(&ctx, started);
+            ctx.established.fetch_add(1, Ordering::Relaxed);
+            session(&ctx, idx, stream).await
+        }
+        Some((connector, name)) => {
+            let handshake = connector.connect(name.clone(), stream);
+            match tokio::time::timeout(timeout, handshake).await {
+                Ok(Ok(tls)) => {
+                    record_connect(&ctx, started);
+                    ctx.established.fetch_add(1, Ordering::Relaxed);
+                    session(&ctx, idx, tls).await
+                }
+                Ok(Err(e)) => {
+                    ctx.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    Err(format!("TLS handshake: {e}"))
+                }
+                Err(_) => {
+                    ctx.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    Err("TLS handshake: timed out".into())
+                }
+            }
+        }
+    };
+    if let Err(e) = outcome {
         ctx.error(e);
     }
 }
 
-async fn session(ctx: &Ctx, idx: u64, mut stream: TcpStream) -> Result<(), String> {
-    let (rd, mut wr) = stream.split();
+fn record_connect(ctx: &Ctx, started: Instant) {
+    let us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+    ctx.connect.lock().saturating_record(us.max(1));
+}
+
+/// A TLS connector trusting the certificate authorities of a PEM file.
+fn tls_connector(
+    path: &str,
+    name: &str,
+) -> Result<
+    (
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    String,
+> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("--tls-ca {path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("--tls-ca {path}: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--tls-ca {path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("--tls-ca {path}: no PEM CERTIFICATE block"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| format!("--tls-name {name}: {e}"))?;
+    Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+}
+
+async fn session<S>(ctx: &Ctx, idx: u64, stream: S) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = LineReader::with_limit_and_capacity(rd, 1 << 20, 2048);
     let user = format!(
         "{}.w{}",
@@ -958,6 +1059,9 @@ async fn run_children(args: &Args, target: &str, threads: usize) -> anyhow::Resu
         }
         if args.version_rolling {
             cmd.arg("--version-rolling");
+        }
+        if let Some(ca) = &args.tls_ca {
+            cmd.args(["--tls-ca", ca, "--tls-name", &args.tls_name]);
         }
         offset += n;
         children.push(cmd.spawn().context("spawning a child process")?);
