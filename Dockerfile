@@ -50,5 +50,5 @@ WORKDIR /var/lib/loka
 # miner at the same CPU (BENCHMARKS.md). A pod's env can still set another value.
 ENV MALLOC_ARENA_MAX=2
 VOLUME ["/var/lib/loka"]
-EXPOSE 3333 9090
+EXPOSE 3333 3334 9090
 ENTRYPOINT ["/usr/local/bin/loka-proxy"]
