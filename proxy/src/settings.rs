@@ -287,6 +287,16 @@ mod tests {
         let cfg = build(None, &o).unwrap();
         assert_eq!(cfg.pools.len(), 2);
         assert_eq!((cfg.pools[1].host.as_str(), cfg.pools[1].port), ("q", 2));
+        assert!(!cfg.pools[0].tls);
+
+        let o = Overrides {
+            pools: vec!["stratum+ssl://p:4443".into(), "stratum+tls://q:4444".into()],
+            pool_user: Some("u".into()),
+            ..Default::default()
+        };
+        let cfg = build(None, &o).unwrap();
+        assert!(cfg.pools.iter().all(|p| p.tls), "{:?}", cfg.pools);
+        assert_eq!(cfg.pools[1].port, 4444);
 
         let o = Overrides {
             pools: vec!["nonsense".into()],
@@ -395,5 +405,31 @@ mod example_tests {
             ..Default::default()
         };
         assert_eq!(cfg, defaults, "the example shows the defaults");
+    }
+
+    #[test]
+    fn the_examples_tls_listener_block_is_valid_once_uncommented() {
+        let text = include_str!("../proxy.example.toml");
+        let start = text.find("# [server.tls]").expect("a [server.tls] example");
+        let lines: Vec<&str> = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with("# "))
+            .collect();
+        let end = start + lines.iter().map(|l| l.len() + 1).sum::<usize>();
+        let block: String = lines.iter().map(|l| format!("{}\n", &l[2..])).collect();
+        let uncommented = format!("{}{block}{}", &text[..start], &text[end..]);
+        let cfg =
+            super::build(Some(&uncommented), &super::Overrides::default()).expect("valid config");
+        let tls = cfg.server.tls.expect("the block sets server.tls");
+        assert_eq!(tls.cert_file, "/etc/loka/tls/tls.crt");
+        assert_eq!(
+            loka_config::TlsListenerConfig {
+                cert_file: tls.cert_file.clone(),
+                key_file: tls.key_file.clone(),
+                ..Default::default()
+            },
+            tls,
+            "the example shows the defaults"
+        );
     }
 }
