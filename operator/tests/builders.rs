@@ -4,13 +4,13 @@
 //! `UPDATE_GOLDEN=1 cargo test -p loka-operator --test builders` rewrites `tests/golden/`.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PodSpec, Service};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Service, ServicePort, Volume};
 use loka_config::Config;
 use loka_operator::controller::build::{self, BuildOptions, Objects, Workload};
 use loka_operator::controller::validate::validate;
 use loka_operator::crd::{
-    AccessMode, ClaimRetentionPolicy, DataVolume, EmptyDirDataVolume, Retention, StratumPool,
-    StratumProxy,
+    AccessMode, ClaimRetentionPolicy, DataVolume, EmptyDirDataVolume, Retention, SecretKeyRef,
+    ServiceType, StratumPool, StratumProxy, TlsListener,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -427,7 +427,7 @@ fn a_persistent_data_volume_makes_a_stateful_set_of_the_same_pods() {
         .unwrap()
         .retain(|v| v.name != build::DATA_VOLUME);
     assert_eq!(&want, got);
-    assert_eq!(volume_names(pod(&o.workload)), ["config", "tmp"]);
+    assert_eq!(volume_names(pod(&o.workload)), ["config", "tls", "tmp"]);
     let mount = pod(&o.workload).containers[0]
         .volume_mounts
         .iter()
@@ -562,4 +562,376 @@ fn bad_data_volumes_are_named() {
     proxy.metadata.name = Some("a".repeat(53));
     proxy.spec.data_volume = DataVolume::default();
     validate(&proxy, &pool).unwrap();
+}
+
+fn container(o: &Objects) -> &Container {
+    &pod(&o.workload).containers[0]
+}
+
+fn volume<'a>(o: &'a Objects, name: &str) -> Option<&'a Volume> {
+    pod(&o.workload)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+}
+
+fn service_port<'a>(svc: &'a Service, name: &str) -> Option<&'a ServicePort> {
+    svc.spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+}
+
+/// The configuration as the proxy reads it from the ConfigMap.
+fn config_map_config(o: &Objects) -> Config {
+    Config::from_toml(&o.config_map.data.as_ref().unwrap()[build::CONFIG_KEY]).unwrap()
+}
+
+/// `spec.tls`: the whole Secret mounted read-only at /etc/loka-tls (no subPath, so a renewed
+/// certificate reaches the running pod), `[server.tls]` in the ConfigMap naming its two files,
+/// and the `stratum-tls` port on the container and the Stratum Service.
+#[test]
+fn tls_mounts_the_secret_and_configures_the_listener() {
+    let o = objects("full", true);
+    let tls = volume(&o, build::TLS_VOLUME).unwrap();
+    let secret = tls.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("edge-tls"));
+    assert_eq!(secret.items, None, "the whole Secret, every key");
+    assert_eq!(secret.default_mode, Some(0o440));
+    let c = container(&o);
+    let mounts: Vec<_> = c.volume_mounts.iter().flatten().collect();
+    let mount = mounts.iter().find(|m| m.name == build::TLS_VOLUME).unwrap();
+    assert_eq!(mount.mount_path, "/etc/loka-tls");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        mounts
+            .iter()
+            .all(|m| m.sub_path.is_none() && m.sub_path_expr.is_none())
+    );
+
+    let read = config_map_config(&o);
+    let listener = read.server.tls.as_ref().unwrap();
+    assert_eq!(listener.port, 3335);
+    assert_eq!(listener.cert_file, "/etc/loka-tls/tls.crt");
+    assert_eq!(listener.key_file, "/etc/loka-tls/tls.key");
+    assert_eq!(listener.reload_interval.as_secs(), 60);
+    assert_eq!(
+        listener.handshake_timeout.as_secs(),
+        10,
+        "the proxy's default"
+    );
+    assert_eq!(read.server.port, 3334, "the plain port stays");
+    let text = &o.config_map.data.as_ref().unwrap()[build::CONFIG_KEY];
+    assert!(text.contains("[server.tls]"), "{text}");
+
+    let ports: Vec<_> = c
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.as_deref().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [("stratum", 3334), ("stratum-tls", 3335), ("http", 9091)]
+    );
+    let svc_port = service_port(&o.stratum_service, "stratum-tls").unwrap();
+    assert_eq!(svc_port.port, 3335);
+    assert_eq!(
+        svc_port.target_port,
+        Some(
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("stratum-tls".into())
+        )
+    );
+    assert_eq!(svc_port.protocol.as_deref(), Some("TCP"));
+    assert!(service_port(&o.api_service, "stratum-tls").is_none());
+
+    // The persistent fixture: the default port, the proxy's reload interval, and the port on
+    // the headless Service too.
+    let o = objects("persistent", false);
+    let listener = config_map_config(&o).server.tls.unwrap();
+    assert_eq!(listener.port, 3334);
+    assert_eq!(listener.reload_interval.as_secs(), 30);
+    let headless = o.headless_service.as_ref().unwrap();
+    assert_eq!(service_port(headless, "stratum-tls").unwrap().port, 3334);
+    assert_eq!(
+        service_port(&o.stratum_service, "stratum-tls")
+            .unwrap()
+            .port,
+        3334
+    );
+
+    // Without tls: no volume, no port, no [server.tls].
+    let o = objects("basic", false);
+    assert!(volume(&o, build::TLS_VOLUME).is_none());
+    assert!(service_port(&o.stratum_service, "stratum-tls").is_none());
+    assert!(config_map_config(&o).server.tls.is_none());
+}
+
+/// The TLS endpoints in the status: in-cluster, and beside each load-balancer address.
+#[test]
+fn tls_endpoints() {
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+    let (proxy, _) = fixture("full");
+    let mut svc = objects("full", false).stratum_service;
+    svc.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some("198.51.100.7".into()),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
+    let got: Vec<_> = build::endpoints(&proxy, Some(&svc))
+        .into_iter()
+        .map(|e| (e.name, e.url))
+        .collect();
+    let want = [
+        ("stratum", "stratum+tcp://edge.mining.svc:3334"),
+        ("stratum-tls", "stratum+ssl://edge.mining.svc:3335"),
+        ("stratum-external", "stratum+tcp://198.51.100.7:3334"),
+        ("stratum-tls-external", "stratum+ssl://198.51.100.7:3335"),
+        ("api", "http://edge-api.mining.svc:9091"),
+    ];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(n, u)| (n.to_string(), u.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// `service.tlsNodePort` goes on the TLS port as `service.nodePort` goes on the plain one:
+/// only for NodePort and LoadBalancer Services.
+#[test]
+fn the_tls_node_port_follows_the_service_type() {
+    let (mut proxy, pool) = fixture("full");
+    proxy.spec.service.node_port = Some(30333);
+    proxy.spec.service.tls_node_port = Some(30334);
+    let node_ports = |proxy: &StratumProxy| {
+        let c = validate(proxy, &pool).unwrap();
+        let o = build::build(proxy, &pool, &c, &opts(false));
+        (
+            service_port(&o.stratum_service, "stratum")
+                .unwrap()
+                .node_port,
+            service_port(&o.stratum_service, "stratum-tls")
+                .unwrap()
+                .node_port,
+        )
+    };
+    for t in [ServiceType::NodePort, ServiceType::LoadBalancer] {
+        proxy.spec.service.type_ = t;
+        assert_eq!(node_ports(&proxy), (Some(30333), Some(30334)), "{t:?}");
+    }
+    proxy.spec.service.type_ = ServiceType::ClusterIP;
+    proxy.spec.service.load_balancer_source_ranges.clear();
+    assert_eq!(node_ports(&proxy), (None, None));
+}
+
+/// The pod template depends on the TLS Secret's name only: the builders take no Secret, so a
+/// renewed certificate (new content, same name) builds the same objects and rolls nothing.
+/// Another Secret name changes the volume (the pods must mount the other Secret) but not the
+/// proxy configuration.
+#[test]
+fn the_pod_template_names_the_secret_and_nothing_else() {
+    let (mut proxy, pool) = fixture("full");
+    let build = |proxy: &StratumProxy| {
+        let c = validate(proxy, &pool).unwrap();
+        build::build(proxy, &pool, &c, &opts(true))
+    };
+    let first = build(&proxy);
+    assert_eq!(first, build(&proxy));
+    let template = serde_json::to_string(first.workload.template().unwrap()).unwrap();
+    assert_eq!(template.matches("edge-tls").count(), 1, "{template}");
+    proxy.spec.tls.as_mut().unwrap().secret_name = "edge-tls-2".into();
+    let renamed = build(&proxy);
+    assert_eq!(renamed.config_hash, first.config_hash);
+    assert_eq!(renamed.config_map, first.config_map);
+    let mut back = renamed.workload.template().unwrap().clone();
+    let vols = back.spec.as_mut().unwrap().volumes.as_mut().unwrap();
+    let secret = vols
+        .iter_mut()
+        .find(|v| v.name == build::TLS_VOLUME)
+        .and_then(|v| v.secret.as_mut())
+        .unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("edge-tls-2"));
+    secret.secret_name = Some("edge-tls".into());
+    assert_eq!(&back, first.workload.template().unwrap());
+}
+
+/// Upstream TLS settings reach the pools of the ConfigMap's configuration, a `caSecretRef` as
+/// the path of its key in the projected `pool-ca` volume.
+#[test]
+fn pool_tls_reaches_the_config_map() {
+    let o = objects("full", true);
+    let read = config_map_config(&o);
+    let by_name = |n: &str| read.pools.iter().find(|p| p.name == n).unwrap();
+    let primary = by_name("primary");
+    assert!(!primary.tls);
+    assert_eq!(
+        (&primary.tls_ca_file, &primary.tls_fingerprint),
+        (&None, &None)
+    );
+    let eu = by_name("primary-eu");
+    assert!(eu.tls);
+    assert_eq!(eu.tls_ca_file, None);
+    assert_eq!(
+        eu.tls_fingerprint.as_deref(),
+        Some(
+            "9F:86:D0:81:88:4C:7D:65:9A:2F:EA:A0:C5:5A:D0:15:A3:BF:4F:1B:2B:0B:82:2C:D1:5D:6C:15:B0:F0:0A:08"
+        )
+    );
+    assert!(eu.tls_fingerprint_bytes().is_some());
+    let backup = by_name("backup");
+    assert!(backup.tls);
+    assert_eq!(
+        backup.tls_ca_file.as_deref(),
+        Some("/etc/loka-pool-ca/backup-pool-ca/ca.crt")
+    );
+    assert_eq!(backup.tls_fingerprint, None);
+    let text = &o.config_map.data.as_ref().unwrap()[build::CONFIG_KEY];
+    assert!(
+        text.contains("tls_ca_file = \"/etc/loka-pool-ca/backup-pool-ca/ca.crt\""),
+        "{text}"
+    );
+
+    let projected = volume(&o, build::POOL_CA_VOLUME)
+        .unwrap()
+        .projected
+        .as_ref()
+        .unwrap();
+    let sources = projected.sources.as_ref().unwrap();
+    assert_eq!(sources.len(), 1);
+    let secret = sources[0].secret.as_ref().unwrap();
+    assert_eq!(secret.name, "backup-pool-ca");
+    let items = secret.items.as_ref().unwrap();
+    assert_eq!(
+        (items[0].key.as_str(), items[0].path.as_str()),
+        ("ca.crt", "backup-pool-ca/ca.crt")
+    );
+    let mount = container(&o)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == build::POOL_CA_VOLUME)
+        .unwrap();
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/etc/loka-pool-ca", Some(true))
+    );
+    assert!(volume(&objects("basic", false), build::POOL_CA_VOLUME).is_none());
+}
+
+/// CA references: one projected source per Secret, each key once, sorted; the order of the
+/// upstreams does not change the pod template.
+#[test]
+fn pool_ca_keys_are_grouped_by_secret() {
+    let (proxy, mut pool) = fixture("full");
+    let r = |name: &str, key: &str| {
+        Some(SecretKeyRef {
+            name: name.into(),
+            key: key.into(),
+        })
+    };
+    for u in &mut pool.spec.upstreams {
+        u.tls = true;
+    }
+    pool.spec.upstreams[0].ca_secret_ref = r("zeta-ca", "ca.crt");
+    pool.spec.upstreams[1].ca_secret_ref = r("alpha-ca", "b.pem");
+    pool.spec.upstreams[2].ca_secret_ref = r("alpha-ca", "a.pem");
+    let sources = |pool: &StratumPool| {
+        let c = validate(&proxy, pool).unwrap();
+        let o = build::build(&proxy, pool, &c, &opts(false));
+        let v = volume(&o, build::POOL_CA_VOLUME).unwrap().clone();
+        let paths: Vec<Vec<String>> = v
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .iter()
+            .flatten()
+            .map(|s| {
+                let s = s.secret.as_ref().unwrap();
+                s.items.iter().flatten().map(|i| i.path.clone()).collect()
+            })
+            .collect();
+        (paths, o.workload.template().unwrap().spec.clone())
+    };
+    let (paths, _) = sources(&pool);
+    assert_eq!(
+        paths,
+        [
+            vec!["alpha-ca/a.pem".to_string(), "alpha-ca/b.pem".to_string()],
+            vec!["zeta-ca/ca.crt".to_string()],
+        ]
+    );
+    // The same key for two upstreams is mounted once.
+    pool.spec.upstreams[0].ca_secret_ref = r("alpha-ca", "a.pem");
+    let (paths, before) = sources(&pool);
+    assert_eq!(
+        paths,
+        [vec![
+            "alpha-ca/a.pem".to_string(),
+            "alpha-ca/b.pem".to_string()
+        ]]
+    );
+    pool.spec.upstreams.reverse();
+    assert_eq!(sources(&pool).1, before);
+}
+
+/// TLS settings the CRD would refuse (admitted by an older CRD, or with the schema bypassed)
+/// are named, not built.
+#[test]
+fn bad_tls_settings_are_named() {
+    let case = |edit: &dyn Fn(&mut StratumProxy, &mut StratumPool), want: &str| {
+        let (mut proxy, mut pool) = fixture("full");
+        edit(&mut proxy, &mut pool);
+        let errs = validate(&proxy, &pool).unwrap_err();
+        assert!(errs.iter().any(|e| e.starts_with(want)), "{want}: {errs:?}");
+    };
+    for port in [0, -1, 65_536] {
+        case(&|p, _| tls(p).port = port, "tls.port");
+    }
+    case(
+        &|p, _| tls(p).port = 3334,
+        "server.tls.port: 3334 is also server.port",
+    );
+    case(
+        &|p, _| tls(p).port = 9091,
+        "server.tls.port: 9091 is also api.port",
+    );
+    case(&|p, _| tls(p).secret_name = String::new(), "tls.secretName");
+    case(
+        &|p, _| tls(p).secret_name = "Edge_TLS".into(),
+        "tls.secretName",
+    );
+    case(
+        &|p, _| tls(p).reload_interval_seconds = Some(0),
+        "tls.reloadIntervalSeconds",
+    );
+    case(
+        &|_, pool| pool.spec.upstreams[0].ca_secret_ref.as_mut().unwrap().key = "a/b".into(),
+        "upstreams[0].caSecretRef.key: \"a/b\"",
+    );
+    case(
+        &|_, pool| pool.spec.upstreams[0].ca_secret_ref.as_mut().unwrap().name = "..".into(),
+        "upstreams[0].caSecretRef.name",
+    );
+    // Failover order: backup (priority 10) is pools[2], primary-eu pools[1].
+    case(
+        &|_, pool| pool.spec.upstreams[0].tls = false,
+        "pools[2].tls: tls_ca_file and tls_fingerprint need tls = true",
+    );
+    case(
+        &|_, pool| pool.spec.upstreams[2].tls_fingerprint = Some("9f86".into()),
+        "pools[1].tls_fingerprint",
+    );
+}
+
+fn tls(p: &mut StratumProxy) -> &mut TlsListener {
+    p.spec.tls.as_mut().unwrap()
 }

@@ -148,6 +148,9 @@ fn rules_compile_within_the_cost_budget() {
     }
 }
 
+/// A SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it.
+const FINGERPRINT: &str = "9F:86:D0:81:88:4C:7D:65:9A:2F:EA:A0:C5:5A:D0:15:A3:BF:4F:1B:2B:0B:82:2C:D1:5D:6C:15:B0:F0:0A:08";
+
 fn pool() -> Value {
     json!({
         "apiVersion": "loka.io/v1alpha1",
@@ -159,7 +162,9 @@ fn pool() -> Value {
             "upstreams": [
                 { "name": "primary", "host": "stratum.pool.example", "port": 3333 },
                 { "name": "backup", "host": "10.0.0.7", "port": 443, "priority": 10,
-                  "account": "farm1-backup" }
+                  "account": "farm1-backup", "tls": true,
+                  "caSecretRef": { "name": "backup-ca", "key": "ca.crt" },
+                  "tlsFingerprint": FINGERPRINT }
             ],
             "vardiff": { "minDifficulty": 0.001, "initialDifficulty": 512, "maxDifficulty": 65536 }
         }
@@ -174,8 +179,9 @@ fn proxy() -> Value {
         "spec": {
             "poolRef": { "name": "main" },
             "replicas": 2,
-            "service": { "type": "LoadBalancer", "nodePort": 30333,
+            "service": { "type": "LoadBalancer", "nodePort": 30333, "tlsNodePort": 30334,
                          "loadBalancerSourceRanges": ["10.0.0.0/8"] },
+            "tls": { "secretName": "edge-tls" },
             "telemetry": { "otlpEndpoint": "http://otel-collector:4317",
                            "serviceMonitor": { "interval": "15s" } },
             "drainTimeoutSeconds": 30,
@@ -282,9 +288,88 @@ fn cases() -> Vec<Case> {
             also: &[],
         },
         Case {
+            kind: "pool",
+            mutate: |o| o["spec"]["upstreams"][1]["tlsFingerprint"] = json!("9f86d081884c7d65"),
+            message: "tlsFingerprint must be a SHA-256 fingerprint: 64 hex digits, or 32 pairs separated by colons",
+            also: &[],
+        },
+        Case {
+            kind: "pool",
+            mutate: |o| {
+                o["spec"]["upstreams"][1]["tlsFingerprint"] = json!(FINGERPRINT.replace('F', "G"))
+            },
+            message: "tlsFingerprint must be a SHA-256 fingerprint: 64 hex digits, or 32 pairs separated by colons",
+            also: &[],
+        },
+        Case {
+            kind: "pool",
+            mutate: |o| o["spec"]["upstreams"][1]["tls"] = json!(false),
+            message: "tlsFingerprint and caSecretRef need tls: true",
+            also: &[],
+        },
+        Case {
+            kind: "pool",
+            mutate: |o| {
+                o["spec"]["upstreams"][0]["caSecretRef"] = json!({"name": "ca", "key": "ca.crt"})
+            },
+            message: "tlsFingerprint and caSecretRef need tls: true",
+            also: &[],
+        },
+        Case {
             kind: "proxy",
             mutate: |o| o["spec"]["ports"] = json!({"stratum": 9090}),
             message: "ports.stratum and ports.api must be distinct",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            mutate: |o| o["spec"]["tls"]["port"] = json!(3333),
+            message: "tls.port must be distinct from ports.stratum and ports.api",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            mutate: |o| o["spec"]["tls"]["port"] = json!(9090),
+            message: "tls.port must be distinct from ports.stratum and ports.api",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            // The default TLS port (3334) against a Stratum port moved onto it.
+            mutate: |o| o["spec"]["ports"] = json!({"stratum": 3334}),
+            message: "tls.port must be distinct from ports.stratum and ports.api",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            mutate: |o| o["spec"]["tls"]["secretName"] = json!("Edge_TLS"),
+            message: "tls.secretName must be a Secret name (a lowercase RFC 1123 subdomain)",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            mutate: |o| o["spec"]["tls"]["secretName"] = json!("edge-tls."),
+            message: "tls.secretName must be a Secret name (a lowercase RFC 1123 subdomain)",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            mutate: |o| {
+                o["spec"].as_object_mut().unwrap().remove("tls");
+            },
+            message: "service.tlsNodePort needs tls",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            mutate: |o| o["spec"]["service"] = json!({"tlsNodePort": 30334}),
+            message: "tlsNodePort needs service type NodePort or LoadBalancer",
+            also: &[],
+        },
+        Case {
+            kind: "proxy",
+            mutate: |o| o["spec"]["service"]["tlsNodePort"] = json!(30333),
+            message: "nodePort and tlsNodePort must be distinct",
             also: &[],
         },
         Case {
@@ -434,6 +519,47 @@ fn only_the_claim_template_is_fixed() {
             json!({"persistent": {"size": "1Ti"}})),
         Vec::<String>::new()
     );
+}
+
+/// The TLS settings: ports in 1..=65535 by the schema, the fingerprint in either written form
+/// and any case, the Secret name any subdomain.
+#[test]
+fn tls_settings_accept_what_they_should() {
+    let spec = &proxy_schema()["properties"]["spec"]["properties"];
+    let tls = &spec["tls"]["properties"];
+    for port in [&tls["port"], &spec["service"]["properties"]["tlsNodePort"]] {
+        assert_eq!(
+            (port["minimum"].as_f64(), port["maximum"].as_f64()),
+            (Some(1.0), Some(65535.0))
+        );
+    }
+    assert_eq!(tls["port"]["default"], 3334);
+    assert_eq!(spec["tls"]["required"], json!(["secretName"]));
+    let pool_ok = |fingerprint: &str| {
+        let mut p = pool();
+        p["spec"]["upstreams"][1]["tlsFingerprint"] = json!(fingerprint);
+        messages(&pool_schema(), &p)
+    };
+    for good in [
+        FINGERPRINT.to_string(),
+        FINGERPRINT.to_lowercase(),
+        FINGERPRINT.replace(':', ""),
+    ] {
+        assert_eq!(pool_ok(&good), Vec::<String>::new(), "{good}");
+    }
+    // TLS with the system's roots: no CA, no fingerprint.
+    let mut p = pool();
+    p["spec"]["upstreams"][0]["tls"] = json!(true);
+    assert_eq!(messages(&pool_schema(), &p), Vec::<String>::new());
+    for name in ["edge-tls", "edge.tls.example", "a"] {
+        let mut o = proxy();
+        o["spec"]["tls"] = json!({"secretName": name, "port": 3335, "reloadIntervalSeconds": 5});
+        assert_eq!(
+            messages(&proxy_schema(), &o),
+            Vec::<String>::new(),
+            "{name}"
+        );
+    }
 }
 
 #[test]

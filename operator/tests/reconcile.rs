@@ -637,3 +637,61 @@ async fn an_empty_dir_replaces_the_owned_stateful_set() {
     reconcile_proxy(Arc::new(proxy), ctx).await.unwrap();
     server.await.unwrap();
 }
+
+/// A renewed TLS certificate (same Secret name, new content) rolls nothing: the operator never
+/// asks the API server for the Secret (the mock answers only the listed requests and fails on
+/// any other), and a second reconcile of the same spec applies the same Deployment, pod
+/// template included, and writes no status.
+#[tokio::test]
+async fn a_renewed_certificate_rolls_nothing() {
+    let (mut proxy, pool) = fixture("full");
+    assert!(proxy.spec.tls.is_some());
+    let deployment_body = |bodies: &[Value]| bodies[2].clone();
+    // First reconcile: applies everything, writes the status, publishes Ready.
+    let (ctx, handle) = context(false);
+    let mut steps = vec![step(Method::GET, POOL).reply(StatusCode::OK, pool_json(&pool))];
+    steps.extend(apply_steps(&proxy, &pool, false));
+    steps.push(
+        step(Method::PATCH, format!("{PROXY_STATUS}{SSA}"))
+            .status_of(v(&proxy))
+            .check(|b| {
+                let urls: Vec<&str> = b["status"]["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["url"].as_str().unwrap())
+                    .collect();
+                assert!(
+                    urls.contains(&"stratum+ssl://edge.mining.svc:3335"),
+                    "{urls:?}"
+                );
+            }),
+    );
+    steps.push(step(Method::POST, EVENTS));
+    let server = tokio::spawn(serve(handle, steps));
+    reconcile_proxy(Arc::new(proxy.clone()), ctx).await.unwrap();
+    let (bodies, _) = server.await.unwrap();
+    let first = deployment_body(&bodies);
+    proxy.status =
+        Some(serde_json::from_value(bodies[bodies.len() - 2]["status"].clone()).unwrap());
+
+    // The certificate is renewed in the Secret `edge-tls`; the next reconcile (resync, or any
+    // other trigger) makes the same requests and nothing more.
+    let (ctx, handle) = context(false);
+    let mut steps = vec![step(Method::GET, POOL).reply(StatusCode::OK, pool_json(&pool))];
+    steps.extend(apply_steps(&proxy, &pool, false));
+    let server = tokio::spawn(serve(handle, steps));
+    reconcile_proxy(Arc::new(proxy), ctx).await.unwrap();
+    let (bodies, _) = server.await.unwrap();
+    let second = deployment_body(&bodies);
+    assert_eq!(first["kind"], "Deployment");
+    assert_eq!(first["spec"]["template"], second["spec"]["template"]);
+    let volumes = first["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    let tls = volumes.iter().find(|v| v["name"] == "tls").unwrap();
+    assert_eq!(
+        tls["secret"],
+        json!({"secretName": "edge-tls", "defaultMode": 0o440, "optional": false})
+    );
+}

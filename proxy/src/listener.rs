@@ -20,10 +20,7 @@ use tracing::Instrument;
 
 /// Accept miners on the plain port until drained; returns when the listener is closed.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    accept_loop(listener, shared, |stream, peer, shared, admission| {
-        handle(stream, peer, shared, admission)
-    })
-    .await
+    accept_loop(listener, shared, handle).await
 }
 
 /// Accept miners on the TLS port until drained: each connection's handshake runs in its

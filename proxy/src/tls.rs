@@ -197,42 +197,36 @@ fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
 impl PoolTls {
     /// Roots from `ca_file` (or the system's), and an optional pinned fingerprint.
     pub fn new(ca_file: Option<&Path>, pin: Option<[u8; 32]>) -> Result<PoolTls, TlsError> {
-        let roots = match ca_file {
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for cert in certificates(&read(path)?, path)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
-                }
-                Some(Arc::new(roots))
-            }
-            // A pin alone is the whole check.
-            None if pin.is_some() => None,
-            None => Some(system_roots()?),
+        let chain = |roots: Arc<RootCertStore>| {
+            WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| TlsError(e.to_string()))
         };
-        let chain = roots
-            .map(|roots| {
-                WebPkiServerVerifier::builder_with_provider(roots, provider())
-                    .build()
-                    .map_err(|e| TlsError(e.to_string()))
-            })
-            .transpose()?;
-        let mut checked_by = match ca_file {
-            Some(path) => format!("CA file {}", path.display()),
-            None if pin.is_some() => String::new(),
-            None => "system roots".into(),
-        };
-        let verifier: Arc<dyn ServerCertVerifier> = match (pin, chain) {
-            (None, Some(chain)) => chain,
-            (Some(pin), chain) => {
-                if !checked_by.is_empty() {
-                    checked_by.push_str(" and ");
-                }
-                checked_by.push_str(&format!("sha256 {}", hex::encode(pin)));
-                Arc::new(Pinned { pin, chain })
+        let file_roots = |path: &Path| -> Result<Arc<RootCertStore>, TlsError> {
+            let mut roots = RootCertStore::empty();
+            for cert in certificates(&read(path)?, path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
             }
-            (None, None) => unreachable!("roots are loaded unless a pin is given"),
+            Ok(Arc::new(roots))
+        };
+        let (verifier, checked_by): (Arc<dyn ServerCertVerifier>, String) = match (ca_file, pin) {
+            (None, None) => (chain(system_roots()?)?, "system roots".into()),
+            (Some(path), None) => (
+                chain(file_roots(path)?)?,
+                format!("CA file {}", path.display()),
+            ),
+            // A pin alone is the whole check; with a CA file, both are.
+            (path, Some(pin)) => {
+                let chain = path.map(|p| chain(file_roots(p)?)).transpose()?;
+                let pinned = format!("sha256 {}", hex::encode(pin));
+                let checked_by = match path {
+                    Some(p) => format!("CA file {} and {pinned}", p.display()),
+                    None => pinned,
+                };
+                (Arc::new(Pinned { pin, chain }), checked_by)
+            }
         };
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()

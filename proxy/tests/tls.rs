@@ -565,3 +565,43 @@ fn a_pool_ca_file_that_does_not_load_is_named() {
     assert!(text.contains("no PEM CERTIFICATE block"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_pin_on_top_of_a_ca_file_requires_both() {
+    let ca = Ca::new("Pool CA");
+    let dir = temp_dir("both");
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    let leaf = ca.leaf(&["127.0.0.1"], |_| {});
+    let pinned = tls_pool(&leaf).await;
+    // Chains to the CA, but is not the pinned certificate.
+    let other = tls_pool(&ca.leaf(&["127.0.0.1"], |_| {})).await;
+    let mut cfg = config(&[other.addr(), pinned.addr()], Mode::Aggregate);
+    for p in &mut cfg.pools {
+        p.tls = true;
+        p.tls_ca_file = Some(dir.join("ca.pem").display().to_string());
+        p.tls_fingerprint = Some(leaf.sha256_hex());
+    }
+    let proxy = proxy(cfg).await;
+    let miner = SimMiner::spawn(MinerConfig {
+        hashrate: Some(20_000.0),
+        ..MinerConfig::new(proxy.stratum_addr, "farm.rig")
+    });
+    miner.wait_for(|s| s.accepted >= 2, WAIT).await.unwrap();
+    pinned.wait_for(|s| s.accepted >= 1, WAIT).await.unwrap();
+    other
+        .wait_for(|s| s.tls_handshake_failures >= 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(other.stats().connections_total, 0);
+    let fingerprint = proxy
+        .shared
+        .stats
+        .tls
+        .pool_failures()
+        .find(|(r, _)| *r == PoolFailure::Fingerprint)
+        .map_or(0, |(_, n)| n);
+    assert!(fingerprint >= 1);
+    miner.stop();
+    proxy.drain(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,8 +15,9 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecretProjection, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -25,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
-use loka_config::{AckPolicy, Config, LogFormat, Mode, PoolConfig};
+use loka_config::{AckPolicy, Config, LogFormat, Mode, PoolConfig, TlsListenerConfig};
 use rust_decimal::Decimal;
 use rust_decimal::prelude::FromPrimitive;
 use sha2::{Digest, Sha256};
@@ -51,6 +52,21 @@ pub const RUN_AS: i64 = 65532;
 pub const GRACE_MARGIN_SECONDS: i64 = 10;
 /// Environment variable with the database URL.
 pub const DATABASE_URL_ENV: &str = "DATABASE_URL";
+/// Where the TLS Secret of `spec.tls` is mounted: the whole Secret (no `subPath`), so the
+/// kubelet's update of a renewed certificate reaches the running pods, whose proxy reads the
+/// files again every `server.tls.reload_interval`.
+pub const TLS_DIR: &str = "/etc/loka-tls";
+/// Name of the TLS Secret's volume in the pod.
+pub const TLS_VOLUME: &str = "tls";
+/// Name of the TLS Stratum port of the container and the Services.
+pub const TLS_PORT_NAME: &str = "stratum-tls";
+/// Where the pools' CA bundles (`caSecretRef`) are mounted, each at `<secret>/<key>`.
+pub const POOL_CA_DIR: &str = "/etc/loka-pool-ca";
+/// Name of the (projected) volume of the pools' CA bundles.
+pub const POOL_CA_VOLUME: &str = "pool-ca";
+/// File mode of the TLS Secret's files: read-only for the owner (root) and the pod's
+/// `fsGroup`, which the proxy runs in.
+pub const TLS_FILE_MODE: i32 = 0o440;
 
 /// Settings of the operator (not of a CR) that shape the objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +183,11 @@ fn seconds(s: i32) -> Duration {
     Duration::from_secs(u64::try_from(s).unwrap_or(0))
 }
 
+/// Path in the proxy container of the CA bundle a `caSecretRef` names.
+pub fn pool_ca_file(r: &SecretKeyRef) -> String {
+    format!("{POOL_CA_DIR}/{}/{}", r.name, r.key)
+}
+
 /// Upstreams in failover order (lowest priority first, ties in list order) with the password
 /// Secret each uses, if any.
 pub fn ordered_upstreams(pool: &StratumPool) -> Vec<(PoolConfig, Option<(String, SecretKeyRef)>)> {
@@ -189,9 +210,11 @@ pub fn ordered_upstreams(pool: &StratumPool) -> Vec<(PoolConfig, Option<(String,
                     .unwrap_or_else(|| pool.spec.account.clone()),
                 password: None,
                 password_env: secret.as_ref().map(|(env, _)| env.clone()),
-                tls: false,
-                tls_ca_file: None,
-                tls_fingerprint: None,
+                // Set as written, so the configuration's validation names a CA or fingerprint
+                // given without `tls`.
+                tls: u.tls,
+                tls_ca_file: u.ca_secret_ref.as_ref().map(pool_ca_file),
+                tls_fingerprint: u.tls_fingerprint.clone(),
             };
             (cfg, secret)
         })
@@ -210,6 +233,18 @@ pub fn proxy_config(proxy: &StratumProxy, pool: &StratumPool) -> Config {
         c.server.max_connections = u32::try_from(max).unwrap_or(0);
     }
     c.api.port = u16::try_from(s.ports.api).unwrap_or(0);
+    c.server.tls = s.tls.as_ref().map(|t| {
+        let defaults = TlsListenerConfig::default();
+        TlsListenerConfig {
+            port: u16::try_from(t.port).unwrap_or(0),
+            cert_file: format!("{TLS_DIR}/tls.crt"),
+            key_file: format!("{TLS_DIR}/tls.key"),
+            reload_interval: t
+                .reload_interval_seconds
+                .map_or(defaults.reload_interval, seconds),
+            ..defaults
+        }
+    });
     c.mining.mode = match p.mode {
         PoolMode::Aggregate => Mode::Aggregate,
         PoolMode::Passthrough => Mode::Passthrough,
@@ -380,6 +415,60 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// The pools' CA bundles (`caSecretRef` of each upstream) as one projected volume, each key at
+/// `<secret>/<key>` ([`pool_ca_file`]); none when no upstream names one. Sorted by Secret and
+/// key, so the order of the upstreams does not change the pod template.
+fn pool_ca_volume(pool: &StratumPool) -> Option<Volume> {
+    let mut keys: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for r in pool
+        .spec
+        .upstreams
+        .iter()
+        .filter_map(|u| u.ca_secret_ref.as_ref())
+    {
+        keys.entry(&r.name).or_default().insert(&r.key);
+    }
+    if keys.is_empty() {
+        return None;
+    }
+    let sources = keys
+        .into_iter()
+        .map(|(name, keys)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: name.into(),
+                items: Some(
+                    keys.into_iter()
+                        .map(|key| KeyToPath {
+                            key: key.into(),
+                            path: format!("{name}/{key}"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    Some(Volume {
+        name: POOL_CA_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 fn volume_mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
@@ -420,6 +509,9 @@ fn pod_template(
     let s = &proxy.spec;
     let mut pod_labels = s.pod.labels.clone();
     pod_labels.extend(labels(&name));
+    // The pod template depends on the Secrets' names only, never on their content: a renewed
+    // certificate reaches the pods through their volumes and rolls nothing.
+    let pool_ca = pool_ca_volume(pool);
     let mut pod_annotations = s.pod.annotations.clone();
     pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
     pod_annotations.insert(
@@ -438,20 +530,18 @@ fn pod_template(
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
         ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("stratum".into()),
-                container_port: s.ports.stratum,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some("http".into()),
-                container_port: s.ports.api,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-        ]),
+        ports: Some(
+            [
+                Some(container_port("stratum", s.ports.stratum)),
+                s.tls
+                    .as_ref()
+                    .map(|t| container_port(TLS_PORT_NAME, t.port)),
+                Some(container_port("http", s.ports.api)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         env: Some(env(proxy, pool)),
         resources: s.resources.clone(),
         startup_probe: Some(http_probe("/live", 2, 60)),
@@ -467,11 +557,22 @@ fn pod_template(
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            volume_mount("config", CONFIG_DIR, true),
-            volume_mount(DATA_VOLUME, DATA_DIR, false),
-            volume_mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                Some(volume_mount("config", CONFIG_DIR, true)),
+                s.tls
+                    .as_ref()
+                    .map(|_| volume_mount(TLS_VOLUME, TLS_DIR, true)),
+                pool_ca
+                    .as_ref()
+                    .map(|_| volume_mount(POOL_CA_VOLUME, POOL_CA_DIR, true)),
+                Some(volume_mount(DATA_VOLUME, DATA_DIR, false)),
+                Some(volume_mount("tmp", "/tmp", false)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
@@ -498,7 +599,19 @@ fn pod_template(
                 .map_or(DEFAULT_DATA_SIZE_LIMIT, |e| e.size_limit.as_str()),
         )),
     };
+    let tls_volume = s.tls.as_ref().map(|t| Volume {
+        name: TLS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(t.secret_name.clone()),
+            default_mode: Some(TLS_FILE_MODE),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     let volumes = std::iter::once(config_volume)
+        .chain(tls_volume)
+        .chain(pool_ca)
         .chain(data_volume)
         .chain([empty_dir("tmp", "64Mi")])
         .collect();
@@ -648,25 +761,35 @@ fn headless_service(proxy: &StratumProxy) -> Service {
             type_: Some("ClusterIP".into()),
             cluster_ip: Some("None".into()),
             selector: Some(selector_labels(&name)),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some("stratum".into()),
-                    port: proxy.spec.ports.stratum,
-                    target_port: Some(IntOrString::String("stratum".into())),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                },
-                ServicePort {
-                    name: Some("http".into()),
-                    port: proxy.spec.ports.api,
-                    target_port: Some(IntOrString::String("http".into())),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                },
-            ]),
+            ports: Some(
+                [
+                    Some(service_port("stratum", proxy.spec.ports.stratum, None)),
+                    proxy
+                        .spec
+                        .tls
+                        .as_ref()
+                        .map(|t| service_port(TLS_PORT_NAME, t.port, None)),
+                    Some(service_port("http", proxy.spec.ports.api, None)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// A TCP Service port targeting the container port of the same name.
+fn service_port(name: &str, port: i32, node_port: Option<i32>) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        node_port,
+        ..Default::default()
     }
 }
 
@@ -682,21 +805,31 @@ fn stratum_service(proxy: &StratumProxy) -> Service {
         metadata.annotations = Some(svc.annotations.clone());
     }
     let lb = svc.type_ == ServiceType::LoadBalancer;
+    let node_ports = svc.type_ != ServiceType::ClusterIP;
     Service {
         metadata,
         spec: Some(ServiceSpec {
             type_: Some(svc.type_.as_str().into()),
             selector: Some(selector_labels(&name)),
-            ports: Some(vec![ServicePort {
-                name: Some("stratum".into()),
-                port: proxy.spec.ports.stratum,
-                target_port: Some(IntOrString::String("stratum".into())),
-                protocol: Some("TCP".into()),
-                node_port: svc
-                    .node_port
-                    .filter(|_| svc.type_ != ServiceType::ClusterIP),
-                ..Default::default()
-            }]),
+            ports: Some(
+                [
+                    Some(service_port(
+                        "stratum",
+                        proxy.spec.ports.stratum,
+                        svc.node_port.filter(|_| node_ports),
+                    )),
+                    proxy.spec.tls.as_ref().map(|t| {
+                        service_port(
+                            TLS_PORT_NAME,
+                            t.port,
+                            svc.tls_node_port.filter(|_| node_ports),
+                        )
+                    }),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
             // Keep the miners' own addresses: the proxy limits and accounts per IP.
             external_traffic_policy: lb.then(|| "Local".into()),
             load_balancer_source_ranges: (lb && !svc.load_balancer_source_ranges.is_empty())
@@ -720,13 +853,7 @@ fn api_service(proxy: &StratumProxy) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels(&name)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: proxy.spec.ports.api,
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
+            ports: Some(vec![service_port("http", proxy.spec.ports.api, None)]),
             ..Default::default()
         }),
         status: None,
@@ -788,10 +915,17 @@ fn service_monitor(proxy: &StratumProxy) -> DynamicObject {
 pub fn endpoints(proxy: &StratumProxy, stratum_service: Option<&Service>) -> Vec<Endpoint> {
     let name = proxy.name_any();
     let ns = proxy.namespace().unwrap_or_default();
+    let tls_port = proxy.spec.tls.as_ref().map(|t| t.port);
     let mut out = vec![Endpoint {
         name: "stratum".into(),
         url: format!("stratum+tcp://{name}.{ns}.svc:{}", proxy.spec.ports.stratum),
     }];
+    if let Some(port) = tls_port {
+        out.push(Endpoint {
+            name: "stratum-tls".into(),
+            url: format!("stratum+ssl://{name}.{ns}.svc:{port}"),
+        });
+    }
     let ingress = stratum_service
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.load_balancer.as_ref())
@@ -804,6 +938,12 @@ pub fn endpoints(proxy: &StratumProxy, stratum_service: Option<&Service>) -> Vec
                 name: "stratum-external".into(),
                 url: format!("stratum+tcp://{host}:{}", proxy.spec.ports.stratum),
             });
+            if let Some(port) = tls_port {
+                out.push(Endpoint {
+                    name: "stratum-tls-external".into(),
+                    url: format!("stratum+ssl://{host}:{port}"),
+                });
+            }
         }
     }
     out.push(Endpoint {

@@ -36,6 +36,74 @@ pub fn is_size(s: &str) -> bool {
     digits(whole) && !whole.starts_with('0') && fraction.is_none_or(digits)
 }
 
+/// Whether `s` is a lowercase RFC 1123 subdomain of at most 253 characters (what Secret names
+/// are).
+pub fn is_dns_subdomain(s: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253 && s.split('.').all(label)
+}
+
+/// Whether `s` is a valid key of a Secret: letters, digits, `-`, `_` and `.`, at most 253
+/// characters, neither `.` nor starting with `..`.
+pub fn is_secret_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s != "."
+        && !s.starts_with("..")
+}
+
+/// Problems of `tls` the proxy configuration does not cover (see `tls` in the CRD).
+fn tls_errors(proxy: &StratumProxy) -> Vec<String> {
+    let mut errors = Vec::new();
+    let Some(tls) = &proxy.spec.tls else {
+        return errors;
+    };
+    if !is_dns_subdomain(&tls.secret_name) {
+        errors.push(format!(
+            "tls.secretName: {:?} is not a Secret name (a lowercase RFC 1123 subdomain)",
+            tls.secret_name
+        ));
+    }
+    if !(1..=65535).contains(&tls.port) {
+        errors.push(format!("tls.port: {} is outside 1..=65535", tls.port));
+    }
+    if let Some(s) = tls.reload_interval_seconds
+        && s < 1
+    {
+        errors.push(format!("tls.reloadIntervalSeconds: {s} must be at least 1"));
+    }
+    errors
+}
+
+/// Problems of the upstreams' CA references (mounted at paths built from them).
+fn pool_ca_errors(pool: &StratumPool) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (i, u) in pool.spec.upstreams.iter().enumerate() {
+        let Some(r) = &u.ca_secret_ref else { continue };
+        if !is_dns_subdomain(&r.name) {
+            errors.push(format!(
+                "upstreams[{i}].caSecretRef.name: {:?} is not a Secret name (a lowercase RFC 1123 subdomain)",
+                r.name
+            ));
+        }
+        if !is_secret_key(&r.key) {
+            errors.push(format!(
+                "upstreams[{i}].caSecretRef.key: {:?} is not a Secret key (letters, digits, '-', '_' and '.')",
+                r.key
+            ));
+        }
+    }
+    errors
+}
+
 /// Problems of the data volume settings (see `dataVolume` in the CRD).
 fn data_volume_errors(proxy: &StratumProxy) -> Vec<String> {
     let mut errors = Vec::new();
@@ -83,6 +151,8 @@ pub fn validate(proxy: &StratumProxy, pool: &StratumPool) -> Result<Config, Vec<
         ));
     }
     errors.extend(data_volume_errors(proxy));
+    errors.extend(tls_errors(proxy));
+    errors.extend(pool_ca_errors(pool));
     let config = proxy_config(proxy, pool);
     if let Err(e) = config.validate() {
         errors.extend(e.0);
@@ -108,6 +178,32 @@ mod tests {
             "10Gi ", "1.5.5Gi", "500m",
         ] {
             assert!(!is_size(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_names_and_keys() {
+        for good in ["a", "edge-tls", "pool.example-ca", "0", &"a".repeat(253)] {
+            assert!(is_dns_subdomain(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Edge",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a_b",
+            "a/b",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
+        for good in ["ca.crt", "tls.crt", "CA_bundle-1.pem", ".hidden", "a..b"] {
+            assert!(is_secret_key(good), "{good}");
+        }
+        for bad in ["", ".", "..", "..a", "a/b", "a b", &"k".repeat(254)] {
+            assert!(!is_secret_key(bad), "{bad}");
         }
     }
 }

@@ -27,7 +27,7 @@ pub mod conditions {
 }
 
 /// A key of a Secret in the same namespace. The operator never reads it: pods get it through
-/// `secretKeyRef`.
+/// `secretKeyRef` (passwords, the database URL) or a read-only volume (CA bundles).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretKeyRef {
     /// Name of the Secret.

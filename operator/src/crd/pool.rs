@@ -77,6 +77,7 @@ pub enum PoolMode {
 /// One upstream Stratum endpoint.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.tls || (!has(self.tlsFingerprint) && !has(self.caSecretRef))").message("tlsFingerprint and caSecretRef need tls: true"))]
 pub struct Upstream {
     /// Unique name of this endpoint (used in metrics and logs).
     #[schemars(length(min = 1, max = 63))]
@@ -100,6 +101,25 @@ pub struct Upstream {
     /// Password Secret for this endpoint only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+    /// Speak Stratum over TLS to this endpoint (what a `stratum+ssl://` URL means). The
+    /// pool's certificate must name `host` and chain to the proxy image's system roots (or to
+    /// `caSecretRef`), unless `tlsFingerprint` alone pins it.
+    #[serde(default)]
+    pub tls: bool,
+    /// SHA-256 fingerprint of the pool's certificate (64 hex digits, or 32 colon-separated
+    /// pairs as `openssl x509 -fingerprint -sha256` prints them): only that certificate is
+    /// accepted. Alone it is the whole check (a pool's self-signed certificate); with
+    /// `caSecretRef` the certificate must pass both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 64, max = 95))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9a-fA-F]{64}|[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){31})$')").message("tlsFingerprint must be a SHA-256 fingerprint: 64 hex digits, or 32 pairs separated by colons"))]
+    pub tls_fingerprint: Option<String>,
+    /// A Secret key (e.g. `ca.crt`) holding a PEM bundle of the certificate authorities the
+    /// pool's certificate must chain to, instead of the system's roots. Mounted read-only into
+    /// the proxy pods (the operator never reads it); the proxy reads it when it starts, so a
+    /// changed bundle applies to pods started afterwards (`kubectl rollout restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Per-miner variable difficulty. Difficulties may be fractional.

@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 pub const DEFAULT_STRATUM_PORT: i32 = 3333;
 /// Default HTTP API port of the proxy (`/ready`, `/live`, `/metrics/prometheus`).
 pub const DEFAULT_API_PORT: i32 = 9090;
+/// Default TLS Stratum port of the proxy (`tls.port`).
+pub const DEFAULT_TLS_PORT: i32 = 3334;
 
 /// Loka Stratum proxies for one StratumPool: a Deployment (or, with a persistent data volume, a
 /// StatefulSet and its headless Service), its ConfigMap, Services, a PodDisruptionBudget and
@@ -63,6 +65,8 @@ pub const DEFAULT_API_PORT: i32 = 9090;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.terminationGracePeriodSeconds) || self.terminationGracePeriodSeconds > self.drainTimeoutSeconds").message("terminationGracePeriodSeconds must exceed drainTimeoutSeconds, or pods are killed while draining"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || (self.tls.port != self.ports.stratum && self.tls.port != self.ports.api)").message("tls.port must be distinct from ports.stratum and ports.api"))]
+#[x_kube(validation = Rule::new("!has(self.service.tlsNodePort) || has(self.tls)").message("service.tlsNodePort needs tls"))]
 pub struct StratumProxySpec {
     /// The StratumPool (same namespace) these proxies mine for.
     pub pool_ref: PoolRef,
@@ -83,6 +87,10 @@ pub struct StratumProxySpec {
     /// The Stratum Service miners connect to.
     #[serde(default)]
     pub service: StratumService,
+    /// A second Stratum port for miners speaking TLS (`stratum+ssl://`), beside the plain
+    /// one, on the same Services. Without it the proxies speak plain Stratum only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsListener>,
     /// Share store. Without it each pod keeps an embedded SQLite file in its data volume
     /// (`dataVolume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,6 +202,34 @@ impl Default for Ports {
     }
 }
 
+/// The TLS Stratum port and its certificate.
+///
+/// The certificate and key come from a `kubernetes.io/tls` Secret (keys `tls.crt` and
+/// `tls.key`, what `kubectl create secret tls` and cert-manager's Certificate write), mounted
+/// whole and read-only at `/etc/loka-tls`. The proxy reads the two files again every
+/// `reloadIntervalSeconds`, so a renewed certificate serves new connections without a restart
+/// and without dropping connected miners. The operator never reads the Secret: the pods depend
+/// on its name only, and a change of its content rolls no pod. A Secret that does not exist
+/// keeps new pods from starting (the kubelet cannot mount it), which a rollout shows as stalled.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsListener {
+    /// Name of the `kubernetes.io/tls` Secret (same namespace) with `tls.crt` (the certificate
+    /// chain, the server's certificate first) and `tls.key` (its private key: PKCS#8, PKCS#1
+    /// or SEC1).
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("tls.secretName must be a Secret name (a lowercase RFC 1123 subdomain)"))]
+    pub secret_name: String,
+    /// TLS Stratum port miners connect to (container and Services).
+    #[serde(default = "default_tls_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Seconds between reads of the certificate files; the proxy's default (30) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub reload_interval_seconds: Option<i32>,
+}
+
 /// Kubernetes Service type of the Stratum Service.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum ServiceType {
@@ -218,6 +254,8 @@ impl ServiceType {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.nodePort) || self.type != 'ClusterIP'").message("nodePort needs service type NodePort or LoadBalancer"))]
+#[x_kube(validation = Rule::new("!has(self.tlsNodePort) || self.type != 'ClusterIP'").message("tlsNodePort needs service type NodePort or LoadBalancer"))]
+#[x_kube(validation = Rule::new("!has(self.nodePort) || !has(self.tlsNodePort) || self.nodePort != self.tlsNodePort").message("nodePort and tlsNodePort must be distinct"))]
 #[x_kube(validation = Rule::new("self.type == 'LoadBalancer' || !has(self.loadBalancerSourceRanges) || size(self.loadBalancerSourceRanges) == 0").message("loadBalancerSourceRanges need service type LoadBalancer"))]
 pub struct StratumService {
     /// `ClusterIP`, `NodePort` or `LoadBalancer`.
@@ -227,6 +265,10 @@ pub struct StratumService {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub node_port: Option<i32>,
+    /// Fixed node port for the TLS Stratum port (`tls.port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub tls_node_port: Option<i32>,
     /// Annotations of the Service (e.g. for a cloud load balancer).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -490,9 +532,9 @@ pub struct StratumProxyStatus {
 /// A named address.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct Endpoint {
-    /// `stratum`, `stratum-external` or `api`.
+    /// `stratum`, `stratum-tls`, `stratum-external`, `stratum-tls-external` or `api`.
     pub name: String,
-    /// e.g. `stratum+tcp://proxy.mining.svc:3333`.
+    /// e.g. `stratum+tcp://proxy.mining.svc:3333` or `stratum+ssl://proxy.mining.svc:3334`.
     pub url: String,
 }
 
@@ -510,6 +552,9 @@ fn default_stratum_port() -> i32 {
 }
 fn default_api_port() -> i32 {
     DEFAULT_API_PORT
+}
+fn default_tls_port() -> i32 {
+    DEFAULT_TLS_PORT
 }
 fn default_drain() -> i32 {
     20
