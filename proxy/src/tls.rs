@@ -114,16 +114,28 @@ impl CertificateFiles {
     /// `Ok(false)`: the files are as last read. An error (unreadable, unparsable, a key that
     /// does not match) is reported once per new content; the certificate in force stays.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let (cert, key) = (read(&self.cert_file)?, read(&self.key_file)?);
-        {
-            let mut seen = self.seen.lock();
-            if seen.0 == cert && seen.1 == key {
-                return Ok(false);
-            }
-            *seen = (cert.clone(), key.clone());
+        let read_pair =
+            || -> Result<_, TlsError> { Ok((read(&self.cert_file)?, read(&self.key_file)?)) };
+        let load = |(cert, key): &(Vec<u8>, Vec<u8>)| {
+            certified_key(cert, &self.cert_file, key, &self.key_file)
+        };
+        let mut pair = read_pair()?;
+        if *self.seen.lock() == pair {
+            return Ok(false);
         }
-        let loaded = certified_key(&cert, &self.cert_file, &key, &self.key_file)?;
-        *self.current.write() = Arc::new(loaded);
+        let mut loaded = load(&pair);
+        if loaded.is_err() {
+            // A Kubernetes Secret volume replaces both files at once (one symlink swap); a
+            // read that straddled the swap paired a new certificate with the old key. Read
+            // once more before calling the pair refused.
+            let again = read_pair()?;
+            if again != pair {
+                loaded = load(&again);
+                pair = again;
+            }
+        }
+        *self.seen.lock() = pair;
+        *self.current.write() = Arc::new(loaded?);
         Ok(true)
     }
 
@@ -504,6 +516,61 @@ mod tests {
         assert_eq!(labels.len(), 7);
         let miner: Vec<_> = c.miner_failures().map(|(_, n)| n).collect();
         assert_eq!(miner, [1, 2, 3, 4]);
+    }
+
+    /// A self-signed certificate for localhost and its key, as PEM.
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn certificate_files_are_reloaded_when_they_change_and_a_bad_pair_is_reported_once() {
+        let dir = std::env::temp_dir().join(format!(
+            "loka-tls-unit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let write = |(c, k): &(String, String)| {
+            std::fs::write(&cert, c).unwrap();
+            std::fs::write(&key, k).unwrap();
+        };
+        let leaf = |f: &CertificateFiles| f.current().cert[0].clone();
+        let (a, b, c) = (pair(), pair(), pair());
+        write(&a);
+        let files = CertificateFiles::load(&cert, &key).unwrap();
+        let first = leaf(&files);
+        assert_eq!(files.reload(), Ok(false), "unchanged files");
+
+        write(&b);
+        assert_eq!(files.reload(), Ok(true));
+        let second = leaf(&files);
+        assert_ne!(first, second);
+
+        // The key of another certificate: refused, once; the second certificate stays.
+        std::fs::write(&key, &c.1).unwrap();
+        let e = files.reload().unwrap_err().to_string();
+        assert!(e.contains("tls.crt with") && e.contains("tls.key"), "{e}");
+        assert_eq!(
+            files.reload(),
+            Ok(false),
+            "the same bad pair is not reported again"
+        );
+        assert_eq!(leaf(&files), second);
+
+        write(&c);
+        assert_eq!(files.reload(), Ok(true));
+        assert_ne!(leaf(&files), second);
+
+        std::fs::remove_file(&key).unwrap();
+        assert!(files.reload().unwrap_err().to_string().contains("tls.key"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
