@@ -147,6 +147,8 @@ fn handle_tls(
 /// the next handshakes (connected miners keep their sessions); one that does not load is
 /// logged and counted, and the certificate in force stays.
 pub async fn watch_certificate(certs: Arc<CertificateFiles>, every: Duration, shared: Arc<Shared>) {
+    let tls = &shared.stats.tls;
+    tls.certificate_not_after.store(certs.not_after(), Relaxed);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -159,12 +161,16 @@ pub async fn watch_certificate(certs: Arc<CertificateFiles>, every: Duration, sh
         let Ok(outcome) = tokio::task::spawn_blocking(move || files.reload()).await else {
             continue;
         };
-        let tls = &shared.stats.tls;
         match outcome {
             Ok(false) => {}
             Ok(true) => {
                 tls.certificate_reloads.fetch_add(1, Relaxed);
-                tracing::info!("TLS certificate reloaded; new handshakes use it");
+                tls.certificate_not_after.store(certs.not_after(), Relaxed);
+                let until = u64::try_from(certs.not_after())
+                    .ok()
+                    .and_then(|s| crate::clock::unix_ms_rfc3339(s.saturating_mul(1000)))
+                    .unwrap_or_default();
+                tracing::info!(%until, "TLS certificate reloaded; new handshakes use it");
             }
             Err(e) => {
                 tls.certificate_reload_errors.fetch_add(1, Relaxed);

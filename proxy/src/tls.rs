@@ -24,7 +24,7 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 /// Setting up TLS failed; the message names the file or setting.
@@ -63,6 +63,15 @@ fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
+/// The `notAfter` of a chain's first certificate, in Unix seconds (0 if it does not parse,
+/// which [`certified_key`] has already ruled out).
+fn not_after(key: &CertifiedKey) -> i64 {
+    key.cert
+        .first()
+        .and_then(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+        .map_or(0, |(_, cert)| cert.validity().not_after.timestamp())
+}
+
 /// A certificate chain and its private key, checked to belong together.
 pub fn certified_key(
     cert_pem: &[u8],
@@ -92,6 +101,8 @@ pub struct CertificateFiles {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
+    /// When the certificate in force expires (`notAfter`, Unix seconds).
+    not_after: AtomicI64,
     /// The bytes of the last pair read (loaded or refused), so an unchanged pair is neither
     /// parsed nor reported again.
     seen: Mutex<(Vec<u8>, Vec<u8>)>,
@@ -105,6 +116,7 @@ impl CertificateFiles {
         Ok(Self {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
+            not_after: AtomicI64::new(not_after(&loaded)),
             current: RwLock::new(Arc::new(loaded)),
             seen: Mutex::new((cert, key)),
         })
@@ -135,8 +147,15 @@ impl CertificateFiles {
             }
         }
         *self.seen.lock() = pair;
-        *self.current.write() = Arc::new(loaded?);
+        let loaded = loaded?;
+        self.not_after.store(not_after(&loaded), Relaxed);
+        *self.current.write() = Arc::new(loaded);
         Ok(true)
+    }
+
+    /// When the certificate in force expires (its `notAfter`), in Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Relaxed)
     }
 
     /// The certificate in force.
@@ -462,6 +481,8 @@ pub struct TlsCounters {
     pub certificate_reload_errors: AtomicU64,
     /// Connections to the plain port that began with a TLS handshake (closed).
     pub tls_on_plain_port: AtomicU64,
+    /// When the listener's certificate in force expires, in Unix seconds (0: no TLS port).
+    pub certificate_not_after: AtomicI64,
 }
 
 impl TlsCounters {
@@ -546,6 +567,8 @@ mod tests {
         write(&a);
         let files = CertificateFiles::load(&cert, &key).unwrap();
         let first = leaf(&files);
+        // rcgen's default validity ends on 4096-01-01T00:00:00Z.
+        assert_eq!(files.not_after(), 67_090_118_400);
         assert_eq!(files.reload(), Ok(false), "unchanged files");
 
         write(&b);

@@ -253,6 +253,11 @@ pub fn snapshot(st: &ApiState) -> Snapshot {
             "Most connections held at once",
             vec![(vec![], s.connections_peak.load(Relaxed) as f64)],
         ),
+        (
+            "loka_stratum_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS port's certificate in force expires (its notAfter), Unix seconds; 0 without a TLS port",
+            vec![(vec![], s.tls.certificate_not_after.load(Relaxed) as f64)],
+        ),
     ];
     let rates = st.sampler.latest.read();
     gauges.push((
