@@ -57,23 +57,29 @@ pub struct MinerConfig {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
-/// TLS over `stream` when the miner is set to speak it.
-async fn secure(
-    stream: TcpStream,
+/// Connect to `addr`, and speak TLS over it when the miner is set to. The error says what
+/// failed and whether it took the whole timeout (5 s).
+async fn open(
+    addr: &str,
     tls: &Option<(Arc<rustls::ClientConfig>, String)>,
-) -> std::io::Result<Box<dyn Io>> {
+) -> Result<Box<dyn Io>, (String, bool)> {
+    let limit = Duration::from_secs(5);
+    let stream = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err((format!("connect {addr}: {e}"), false)),
+        Err(_) => return Err((format!("connect {addr}: timed out"), true)),
+    };
+    let _ = stream.set_nodelay(true);
     let Some((config, name)) = tls else {
         return Ok(Box::new(stream));
     };
     let name = rustls::pki_types::ServerName::try_from(name.clone())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        .map_err(|e| (format!("TLS with {addr}: {e}"), false))?;
     let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream);
-    match tokio::time::timeout(Duration::from_secs(5), handshake).await {
-        Ok(r) => Ok(Box::new(r?)),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "TLS handshake timed out",
-        )),
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => Err((format!("TLS with {addr}: {e}"), false)),
+        Err(_) => Err((format!("TLS with {addr}: handshake timed out"), true)),
     }
 }
 
@@ -465,45 +471,21 @@ async fn io_loop(
     let mut submitted: u64 = 0;
     let mut ever_connected = false;
     loop {
-        let conn = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr)).await;
-        let stream = match conn {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                shared.update(|s| {
-                    s.connect_errors += 1;
-                    s.last_error = Some(format!("connect {addr}: {e}"));
-                });
-                if !cfg.reconnect {
-                    break;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-            Err(_) => {
-                shared.update(|s| {
-                    s.connect_errors += 1;
-                    s.last_error = Some(format!("connect {addr}: timed out"));
-                });
-                if !cfg.reconnect {
-                    break;
-                }
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let stream = match secure(stream, &cfg.tls).await {
+        let stream = match open(&addr, &cfg.tls).await {
             Ok(s) => s,
-            Err(e) => {
+            Err((why, waited)) => {
                 shared.update(|s| {
                     s.connect_errors += 1;
-                    s.last_error = Some(format!("TLS with {addr}: {e}"));
+                    s.last_error = Some(why);
                 });
                 if !cfg.reconnect {
                     break;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                // A connection that timed out has waited already.
+                if !waited {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
                 continue;
             }
         };
