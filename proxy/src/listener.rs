@@ -119,7 +119,13 @@ fn handle_tls(
             let mut first = [0u8; 1];
             match stream.peek(&mut first).await {
                 Ok(0) | Err(_) => return Err(MinerFailure::Closed),
-                Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => return Err(MinerFailure::PlainText),
+                Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => {
+                    // Take what it sent (a subscribe line or so): a socket closed with unread
+                    // data resets the connection instead of ending it.
+                    let mut sink = [0u8; 2048];
+                    let _ = stream.try_read(&mut sink);
+                    return Err(MinerFailure::PlainText);
+                }
                 Ok(_) => {}
             }
             acceptor

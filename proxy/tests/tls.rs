@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -218,15 +219,23 @@ async fn a_wrong_transport_on_either_port_is_closed_and_counted() {
     let proxy = proxy(cfg).await;
     let tls = &proxy.shared.stats.tls;
 
-    // Plain Stratum to the TLS port: closed without an answer.
-    let mut plain = StratumClient::connect(proxy.tls_addr.unwrap())
+    // Plain Stratum to the TLS port: closed without an answer, cleanly (FIN, not a reset).
+    let mut plain = tokio::net::TcpStream::connect(proxy.tls_addr.unwrap())
         .await
         .unwrap();
     plain
-        .send_line(r#"{"id":1,"method":"mining.subscribe","params":[]}"#)
+        .write_all(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n")
         .await
         .unwrap();
-    plain.expect_closed().await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, plain.read_to_end(&mut rest))
+        .await
+        .expect("closed within the wait");
+    assert_eq!(
+        read.unwrap(),
+        0,
+        "a clean end of stream, nothing said: {rest:?}"
+    );
     wait_until("a plain-text client counted", WAIT, || {
         tls.miner_failures()
             .any(|(r, n)| r == MinerFailure::PlainText && n == 1)
