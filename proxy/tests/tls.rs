@@ -250,6 +250,25 @@ async fn a_wrong_transport_on_either_port_is_closed_and_counted() {
     })
     .await;
 
+    // A raw TLS record to the plain port: read, then a clean end of stream.
+    let mut hello = tokio::net::TcpStream::connect(proxy.stratum_addr)
+        .await
+        .unwrap();
+    let mut record = vec![0x16, 0x03, 0x01, 0x01, 0x00];
+    record.resize(5 + 256, 0x01);
+    hello.write_all(&record).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, hello.read_to_end(&mut rest))
+        .await
+        .expect("closed within the wait");
+    assert_eq!(read.unwrap(), 0, "a clean end of stream: {rest:?}");
+    wait_until(
+        "the second ClientHello on the plain port counted",
+        WAIT,
+        || tls.tls_on_plain_port.load(Relaxed) == 2,
+    )
+    .await;
+
     // A client that connects to the TLS port and says nothing is dropped at the timeout.
     let silent = tokio::net::TcpStream::connect(proxy.tls_addr.unwrap())
         .await
@@ -272,8 +291,8 @@ async fn a_wrong_transport_on_either_port_is_closed_and_counted() {
     })
     .await;
     assert_eq!(tls.miner_handshakes.load(Relaxed), 0);
-    // Only the ClientHello to the plain port reached a session (which closed it).
-    assert_eq!(proxy.shared.stats.connections_total.load(Relaxed), 1);
+    // Only the two ClientHellos to the plain port reached a session (which closed them).
+    assert_eq!(proxy.shared.stats.connections_total.load(Relaxed), 2);
 
     proxy.drain(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&dir);
