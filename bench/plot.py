@@ -25,11 +25,11 @@ def series(prefix, key):
 
 panels = [
     ("submit p99 (ms)", [("direct", series("direct", "submit_p99_ms"), "#888"),
-                         ("proxy", series("proxy", "submit_p99_ms"), "#c33")]),
+                         ("proxy", series("proxy (SQLite storage)", "submit_p99_ms"), "#c33")]),
     ("notify fan-out p99 (ms)", [("direct", series("direct", "fanout_p99_ms"), "#888"),
-                                 ("proxy", series("proxy", "fanout_p99_ms"), "#c33")]),
-    ("proxy RSS per miner (bytes)", [("proxy", series("proxy", "rss_bytes_per_miner"), "#36c")]),
-    ("proxy CPU (% of one core)", [("proxy", series("proxy", "proxy_cpu_percent_of_200"), "#393")]),
+                                 ("proxy", series("proxy (SQLite storage)", "fanout_p99_ms"), "#c33")]),
+    ("proxy RSS per miner (bytes)", [("proxy", series("proxy (SQLite storage)", "rss_bytes_per_miner"), "#36c")]),
+    ("proxy CPU (% of one core)", [("proxy", series("proxy (SQLite storage)", "proxy_cpu_percent_of_200"), "#393")]),
 ]
 W, H, PAD = 440, 260, 56
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{2 * H + 30}" '

@@ -14,8 +14,9 @@
 # run, and the ratios: submit p99, notify fan-out p99, proxy CPU and RSS per miner.
 # FARM_MINERS (list, 10000), FARM_RATES (shares/s per miner, list, "0.2 1"), FARM_RAMP (10),
 # FARM_DURATION (60), FARM_JOB_INTERVAL (5), FARM_BASELINE (another loka-proxy binary, e.g. a
-# build of an earlier commit: an arm of its own in the same run), BENCH_OUT (copy the JSON lines there, for
-# bench/plot.py).
+# build of an earlier commit: an arm of its own in the same run), FARM_STORAGE_OFF=1 (an arm
+# of the proxy with storage off too: what the share store costs), BENCH_OUT (copy the JSON
+# lines there, for bench/plot.py).
 # storage: STORAGE_RATE (shares/s, 10000), STORAGE_REPEAT (alternating off/on runs, 1),
 # STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
 # SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
@@ -464,6 +465,11 @@ farm() { # the same miners straight to the pool and through the proxy (storage o
       farm_arm "proxy (SQLite storage): $miners miners x $rate shares/s" 13333 "$miners" "$rate" "proxy-$miners-$rate" "$proxy_pid"
       kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
       rm -rf "$work"/loka.db* "$work"/loka-spool
+      if [ -n "${FARM_STORAGE_OFF:-}" ]; then
+        start_proxy 13340 0.000000001 true
+        farm_arm "proxy (storage off): $miners miners x $rate shares/s" 13333 "$miners" "$rate" "proxy-off-$miners-$rate" "$proxy_pid"
+        kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+      fi
     done
   done
   # Ratios, proxy over direct, per load.
@@ -474,7 +480,7 @@ for p in (r for r in rows if "proxy (" in r["scenario"]):
     d = next(r for r in rows if r["scenario"].startswith("direct") and r["miners"] == p["miners"]
              and r["shares_per_miner_per_s"] == p["shares_per_miner_per_s"])
     ratio = lambda k: round(p[k] / d[k], 2) if p.get(k) and d.get(k) else None
-    who = p["scenario"].split(" (")[0]
+    who = p["scenario"].split(":")[0]
     print(json.dumps({"scenario": f"ratio {who}/direct: {p['miners']} miners x {p['shares_per_miner_per_s']} shares/s",
                       "miners": p["miners"], "shares_per_miner_per_s": p["shares_per_miner_per_s"],
                       "submit_p99": ratio("submit_p99_ms"), "fanout_p99": ratio("fanout_p99_ms"),
