@@ -109,6 +109,11 @@ impl Shared {
     }
 
     /// Whether anyone consumes share events (storage, or an API subscriber right now).
+    /// Each pool's last failure, from every upstream task of the proxy.
+    pub fn pool_errors(&self) -> Arc<crate::upstream::PoolErrors> {
+        self.upstream_settings.read().pool_errors.clone()
+    }
+
     pub fn upstream_settings(&self) -> UpstreamSettings {
         self.upstream_settings.read().clone()
     }

@@ -635,3 +635,51 @@ async fn a_pin_on_top_of_a_ca_file_requires_both() {
     proxy.drain(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Passthrough runs an upstream task per miner: a refused pool certificate still shows in
+/// `/health/pool` and the counters, and the miner mines on the next pool.
+#[tokio::test]
+async fn a_refused_pool_certificate_shows_in_health_in_passthrough_mode() {
+    let ca = Ca::new("Pool CA");
+    let dir = temp_dir("passthrough");
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    let expired = tls_pool(&ca.leaf(&["127.0.0.1"], |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }))
+    .await;
+    let good = tls_pool(&ca.leaf(&["127.0.0.1"], |_| {})).await;
+    let mut cfg = config(&[expired.addr(), good.addr()], Mode::Passthrough);
+    for p in &mut cfg.pools {
+        p.tls = true;
+        p.tls_ca_file = Some(dir.join("ca.pem").display().to_string());
+    }
+    cfg.api.enabled = true;
+    cfg.api.port = 0;
+    let proxy = proxy(cfg).await;
+    let miner = SimMiner::spawn(MinerConfig {
+        hashrate: Some(20_000.0),
+        ..MinerConfig::new(proxy.stratum_addr, "farm.rig")
+    });
+    miner.wait_for(|s| s.accepted >= 2, WAIT).await.unwrap();
+    good.wait_for(|s| s.accepted >= 1, WAIT).await.unwrap();
+    assert_eq!(expired.stats().connections_total, 0);
+    let url = format!("http://{}/health/pool", proxy.api_addr.unwrap());
+    let health: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let e = health["pools"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(e.contains("certificate expired"), "{health}");
+    assert_eq!(health["pools"][1]["last_error"], serde_json::Value::Null);
+    let expired_count = proxy
+        .shared
+        .stats
+        .tls
+        .pool_failures()
+        .find(|(r, _)| *r == PoolFailure::Expired)
+        .map_or(0, |(_, n)| n);
+    assert!(expired_count >= 1);
+    miner.stop();
+    proxy.drain(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -221,6 +221,7 @@ impl ApiState {
 
     fn pools_json(&self) -> Vec<Value> {
         let pools = self.shared.pools();
+        let errors = self.shared.pool_errors();
         let (detail, jobs, sent, last_job, connected) = match &self.shared.upstream {
             Some(u) => (
                 Some(u.status.detail.lock().clone()),
@@ -236,7 +237,7 @@ impl ApiState {
             .map(|p| {
                 let active = connected && detail.as_ref().and_then(|d| d.active_pool.as_deref()) == Some(&*p.name);
                 let latency = detail.as_ref().and_then(|d| d.latency).map(|l| l.as_secs_f64() * 1000.0);
-                let failed = detail.as_ref().and_then(|d| d.pool_errors.get(&p.name));
+                let failed = errors.get(&p.name);
                 json!({
                     "name": &*p.name,
                     "host": format!("{}:{}", p.host, p.port),
@@ -248,8 +249,8 @@ impl ApiState {
                     "jobs_received": if active { jobs } else { 0 },
                     "shares_submitted": if active { sent } else { 0 },
                     "tls": p.tls.is_some(),
+                    "last_error_at": failed.as_ref().and_then(|(_, at)| unix_ms_rfc3339(*at)),
                     "last_error": failed.map(|(e, _)| e),
-                    "last_error_at": failed.and_then(|(_, at)| unix_ms_rfc3339(*at)),
                 })
             })
             .collect()

@@ -155,7 +155,8 @@ impl Upstream {
                     lasted,
                 } => {
                     tracing::warn!(pool = %self.s.pools[index].name, %reason, kind = reason.kind().as_str(), "upstream pool failed; failing over");
-                    self.status.failed(&self.s.pools[index].name, &reason);
+                    self.status
+                        .failed(&self.s.pool_errors, &self.s.pools[index].name, &reason);
                     self.status.failovers.fetch_add(1, Relaxed);
                     if lasted > self.s.timing.backoff_max {
                         self.failures[index] = 0;
@@ -249,7 +250,7 @@ impl Upstream {
                             tls.pool_failed(*why);
                         }
                         tracing::warn!(pool = %pool.name, %reason, kind = reason.kind().as_str(), "upstream connect failed");
-                        self.status.failed(&pool.name, &reason);
+                        self.status.failed(&self.s.pool_errors, &pool.name, &reason);
                         self.penalise(i);
                     }
                 }

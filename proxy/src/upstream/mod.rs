@@ -86,24 +86,33 @@ pub struct UpstreamDetail {
     pub active_host: Option<String>,
     pub latency: Option<Duration>,
     pub last_error: Option<String>,
-    /// Each pool's last failure (by name) and when, in Unix milliseconds.
-    pub pool_errors: std::collections::HashMap<Arc<str>, (String, u64)>,
+}
+
+/// Each pool's last failure (by name) and when, in Unix milliseconds, shared by every
+/// upstream task of the proxy (passthrough runs one per miner) and read by `/health/pool`.
+#[derive(Debug, Default)]
+pub struct PoolErrors(Mutex<std::collections::HashMap<Arc<str>, (String, u64)>>);
+
+impl PoolErrors {
+    pub fn record(&self, pool: &Arc<str>, error: String) {
+        self.0
+            .lock()
+            .insert(pool.clone(), (error, crate::clock::unix_ms()));
+    }
+
+    /// A pool's last failure and when, if it ever failed.
+    pub fn get(&self, pool: &str) -> Option<(String, u64)> {
+        self.0.lock().get(pool).cloned()
+    }
 }
 
 impl UpstreamStatus {
     /// A connection attempt or session failed: shown as `last_error`, counted by kind.
-    fn failed(&self, pool: &Arc<str>, e: &UpstreamError) {
+    fn failed(&self, errors: &PoolErrors, pool: &Arc<str>, e: &UpstreamError) {
         self.failures[e.kind() as usize].fetch_add(1, Relaxed);
         let text = e.to_string();
-        let mut d = self.detail.lock();
-        d.pool_errors
-            .insert(pool.clone(), (text.clone(), crate::clock::unix_ms()));
-        d.last_error = Some(text);
-    }
-
-    /// A pool's last failure and when (Unix milliseconds), if it ever failed.
-    pub fn pool_error(&self, pool: &str) -> Option<(String, u64)> {
-        self.detail.lock().pool_errors.get(pool).cloned()
+        errors.record(pool, text.clone());
+        self.detail.lock().last_error = Some(text);
     }
 
     /// Failures so far, by kind.

@@ -1,6 +1,7 @@
 //! How an upstream session is run, from the configuration and the resolved pools.
 
 use crate::tls::{PoolTls, TlsCounters, TlsError};
+use crate::upstream::PoolErrors;
 use crate::upstream::conn::PoolEndpoint;
 use loka_config::{Config, Mode, UpstreamConfig};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct UpstreamSettings {
     /// Where TLS handshakes with pools are counted (the proxy's [`crate::stats::Stats`]
     /// gives its own).
     pub tls_counters: Arc<TlsCounters>,
+    /// Where each pool's last failure is kept (one for the proxy, shared by its tasks).
+    pub pool_errors: Arc<PoolErrors>,
 }
 
 /// A pool that cannot be connected to as configured.
@@ -94,6 +97,7 @@ impl UpstreamSettings {
             max_jobs: cfg.mining.max_jobs,
             forward_worker_names: cfg.mining.forward_worker_names,
             tls_counters: Arc::default(),
+            pool_errors: Arc::default(),
         }
     }
 }
