@@ -108,7 +108,6 @@ impl Shared {
         self.config.read().clone()
     }
 
-    /// Whether anyone consumes share events (storage, or an API subscriber right now).
     /// Each pool's last failure, from every upstream task of the proxy.
     pub fn pool_errors(&self) -> Arc<crate::upstream::PoolErrors> {
         self.upstream_settings.read().pool_errors.clone()
@@ -137,6 +136,7 @@ impl Shared {
         self.upstream_settings.write().pools = pools;
     }
 
+    /// Whether anyone consumes share events (storage, or an API subscriber right now).
     pub fn events_enabled(&self) -> bool {
         self.events_enabled || self.api_events.receiver_count() > 0
     }

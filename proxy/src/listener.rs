@@ -24,10 +24,22 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Accept miners on the TLS port until drained: each connection's handshake runs in its
-/// own task, under the connection limits like a plain one.
-pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+/// own task, under the connection limits like a plain one, and has `handshake_timeout`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    shared: Arc<Shared>,
+) {
     accept_loop(listener, shared, move |stream, peer, shared, admission| {
-        handle_tls(stream, peer, acceptor.clone(), shared, admission)
+        handle_tls(
+            stream,
+            peer,
+            acceptor.clone(),
+            handshake_timeout,
+            shared,
+            admission,
+        )
     })
     .await
 }
@@ -100,17 +112,12 @@ fn handle_tls(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
+    limit: Duration,
     shared: Arc<Shared>,
     admission: Admission,
 ) -> impl Future<Output = ()> {
     async move {
         let _ = stream.set_nodelay(true);
-        let limit = shared
-            .config()
-            .server
-            .tls
-            .as_ref()
-            .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
         // Boxed, in a statement of its own (so no temporary of it stays in this task's
         // future): rustls' handshake state is larger than the whole session and is needed
         // only until the handshake ends.
@@ -179,9 +186,10 @@ pub async fn watch_certificate(certs: Arc<CertificateFiles>, every: Duration, sh
         match outcome {
             Ok(false) => {}
             Ok(true) => {
+                let not_after = certs.not_after();
                 tls.certificate_reloads.fetch_add(1, Relaxed);
-                tls.certificate_not_after.store(certs.not_after(), Relaxed);
-                let until = u64::try_from(certs.not_after())
+                tls.certificate_not_after.store(not_after, Relaxed);
+                let until = u64::try_from(not_after)
                     .ok()
                     .and_then(|s| crate::clock::unix_ms_rfc3339(s.saturating_mul(1000)))
                     .unwrap_or_default();
@@ -233,6 +241,15 @@ where
 mod tests {
     use super::*;
 
+    /// A connection accepted and admitted: the client's end, the server's, the peer.
+    async fn accepted(shared: &Shared) -> (TcpStream, TcpStream, SocketAddr, Admission) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        let admission = shared.admit(peer).ok().unwrap();
+        (client, server, peer, admission)
+    }
+
     /// A miner's connection is one task, allocated once with everything its future holds
     /// across an await: at 10,000 miners every byte here is 10 kB of memory. Submits are
     /// judged and recorded synchronously, what runs once (handshake, close) is boxed and one
@@ -241,10 +258,7 @@ mod tests {
     #[tokio::test]
     async fn a_miners_task_stays_small() {
         let shared = Shared::for_tests();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, peer) = l.accept().await.unwrap();
-        let admission = shared.admit(peer).ok().unwrap();
+        let (_c, s, peer, admission) = accepted(&shared).await;
         let task = handle(s, peer, shared.clone(), admission);
         let size = std::mem::size_of_val(&task);
         // 4,640 bytes before submits were made synchronous and the three timers one; 3,096
@@ -258,22 +272,16 @@ mod tests {
     #[tokio::test]
     async fn a_tls_miners_task_stays_small() {
         let shared = Shared::for_tests();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, peer) = l.accept().await.unwrap();
-        let admission = shared.admit(peer).ok().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let (_c, s, peer, admission) = accepted(&shared).await;
+        let (cert, key) = crate::tls::self_signed_pair();
         let dir = std::env::temp_dir().join(format!("loka-task-size-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("c.pem"), cert).unwrap();
+        std::fs::write(dir.join("k.pem"), key).unwrap();
         let files = CertificateFiles::load(&dir.join("c.pem"), &dir.join("k.pem")).unwrap();
         let acceptor = TlsAcceptor::from(crate::tls::server_config(Arc::new(files)).unwrap());
-        let task = handle_tls(s, peer, acceptor, shared.clone(), admission);
+        let limit = Duration::from_secs(10);
+        let task = handle_tls(s, peer, acceptor, limit, shared.clone(), admission);
         let size = std::mem::size_of_val(&task);
         let _ = std::fs::remove_dir_all(&dir);
         // 3,080 bytes while the handshake's result (the whole TLS stream) kept its room

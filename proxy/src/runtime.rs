@@ -67,7 +67,7 @@ pub async fn start(
             let listener = TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("bind Stratum TLS listener on {addr}"))?;
-            Some((listener, config, certs, t.reload_interval))
+            Some((listener, config, certs, t.clone()))
         }
     };
     let shutdown = CancellationToken::new();
@@ -103,11 +103,16 @@ pub async fn start(
     tracing::info!(%stratum_addr, mode = %shared.mode, "Stratum listener up");
     let (tls_addr, tls_accept) = match tls {
         None => (None, None),
-        Some((listener, config, certs, every)) => {
+        Some((listener, config, certs, t)) => {
             let tls_addr = listener.local_addr()?;
-            tokio::spawn(watch_certificate(certs, every, shared.clone()));
+            tokio::spawn(watch_certificate(certs, t.reload_interval, shared.clone()));
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let accept = tokio::spawn(serve_tls(listener, acceptor, shared.clone()));
+            let accept = tokio::spawn(serve_tls(
+                listener,
+                acceptor,
+                t.handshake_timeout,
+                shared.clone(),
+            ));
             tracing::info!(%tls_addr, "Stratum TLS listener up");
             (Some(tls_addr), Some(accept))
         }

@@ -73,7 +73,7 @@ fn not_after(key: &CertifiedKey) -> i64 {
 }
 
 /// A certificate chain and its private key, checked to belong together.
-pub fn certified_key(
+fn certified_key(
     cert_pem: &[u8],
     cert_path: &Path,
     key_pem: &[u8],
@@ -101,8 +101,6 @@ pub struct CertificateFiles {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
-    /// When the certificate in force expires (`notAfter`, Unix seconds).
-    not_after: AtomicI64,
     /// The bytes of the last pair read (loaded or refused), so an unchanged pair is neither
     /// parsed nor reported again.
     seen: Mutex<(Vec<u8>, Vec<u8>)>,
@@ -116,7 +114,6 @@ impl CertificateFiles {
         Ok(Self {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
-            not_after: AtomicI64::new(not_after(&loaded)),
             current: RwLock::new(Arc::new(loaded)),
             seen: Mutex::new((cert, key)),
         })
@@ -147,15 +144,13 @@ impl CertificateFiles {
             }
         }
         *self.seen.lock() = pair;
-        let loaded = loaded?;
-        self.not_after.store(not_after(&loaded), Relaxed);
-        *self.current.write() = Arc::new(loaded);
+        *self.current.write() = Arc::new(loaded?);
         Ok(true)
     }
 
     /// When the certificate in force expires (its `notAfter`), in Unix seconds.
     pub fn not_after(&self) -> i64 {
-        self.not_after.load(Relaxed)
+        not_after(&self.current())
     }
 
     /// The certificate in force.
@@ -471,10 +466,10 @@ impl MinerFailure {
 pub struct TlsCounters {
     /// Miners' handshakes completed on the TLS port.
     pub miner_handshakes: AtomicU64,
-    miner_failures: [AtomicU64; 4],
+    miner_failures: [AtomicU64; MinerFailure::ALL.len()],
     /// Handshakes completed with pools.
     pub pool_handshakes: AtomicU64,
-    pool_failures: [AtomicU64; 7],
+    pool_failures: [AtomicU64; PoolFailure::ALL.len()],
     /// New listener certificates taken from the files.
     pub certificate_reloads: AtomicU64,
     /// Certificate files read but refused (the certificate in force stayed).
@@ -509,6 +504,17 @@ impl TlsCounters {
     }
 }
 
+/// A self-signed certificate for localhost and its key, as PEM (unit tests).
+#[cfg(test)]
+pub(crate) fn self_signed_pair() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,16 +545,6 @@ mod tests {
         assert_eq!(miner, [1, 2, 3, 4]);
     }
 
-    /// A self-signed certificate for localhost and its key, as PEM.
-    fn pair() -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
     #[test]
     fn certificate_files_are_reloaded_when_they_change_and_a_bad_pair_is_reported_once() {
         let dir = std::env::temp_dir().join(format!(
@@ -563,7 +559,7 @@ mod tests {
             std::fs::write(&key, k).unwrap();
         };
         let leaf = |f: &CertificateFiles| f.current().cert[0].clone();
-        let (a, b, c) = (pair(), pair(), pair());
+        let (a, b, c) = (self_signed_pair(), self_signed_pair(), self_signed_pair());
         write(&a);
         let files = CertificateFiles::load(&cert, &key).unwrap();
         let first = leaf(&files);
