@@ -62,6 +62,13 @@ impl Ca {
         }
     }
 
+    /// The CA's certificate written to `dir/ca.pem` (a pool's `tls_ca_file`); its path.
+    fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &self.pem).unwrap();
+        path
+    }
+
     /// A client that trusts this CA only.
     fn client(&self) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
@@ -148,12 +155,51 @@ fn with_tls_listener(cfg: &mut loka_config::Config, dir: &Path, reload: Duration
     });
 }
 
-fn tls_miner(addr: std::net::SocketAddr, user: &str, ca: &Ca) -> MinerConfig {
+/// A miner hashing at 20,000 hashes a second (a share about every 20 ms at 1e-7).
+fn hashing_miner(addr: std::net::SocketAddr, user: impl Into<String>) -> MinerConfig {
     MinerConfig {
         hashrate: Some(20_000.0),
-        tls: Some((ca.client(), "localhost".into())),
         ..MinerConfig::new(addr, user)
     }
+}
+
+fn tls_miner(addr: std::net::SocketAddr, user: &str, ca: &Ca) -> MinerConfig {
+    MinerConfig {
+        tls: Some((ca.client(), "localhost".into())),
+        ..hashing_miner(addr, user)
+    }
+}
+
+/// A validity that ended in 2021.
+fn expired(p: &mut CertificateParams) {
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+}
+
+/// Every pool of `cfg` over TLS, trusting the CA file at `ca_file`.
+fn trust(cfg: &mut loka_config::Config, ca_file: &Path) {
+    for p in &mut cfg.pools {
+        p.tls = true;
+        p.tls_ca_file = Some(ca_file.display().to_string());
+    }
+}
+
+/// Handshakes with pools that failed for `why`.
+fn pool_failures(proxy: &loka_proxy::runtime::ProxyHandle, why: PoolFailure) -> u64 {
+    proxy
+        .shared
+        .stats
+        .tls
+        .pool_failures()
+        .find(|(r, _)| *r == why)
+        .map_or(0, |(_, n)| n)
+}
+
+/// What `/health/pool` says of each pool.
+async fn health_pools(proxy: &loka_proxy::runtime::ProxyHandle) -> Vec<serde_json::Value> {
+    let url = format!("http://{}/health/pool", proxy.api_addr.unwrap());
+    let health: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    health["pools"].as_array().unwrap().clone()
 }
 
 #[tokio::test]
@@ -170,10 +216,7 @@ async fn a_miner_mines_through_the_tls_port_beside_the_plain_one() {
     let tls_addr = proxy.tls_addr.expect("a TLS listener");
 
     let secure = SimMiner::spawn(tls_miner(tls_addr, "farm.tls", &ca));
-    let plain = SimMiner::spawn(MinerConfig {
-        hashrate: Some(20_000.0),
-        ..MinerConfig::new(proxy.stratum_addr, "farm.plain")
-    });
+    let plain = SimMiner::spawn(hashing_miner(proxy.stratum_addr, "farm.plain"));
     for m in [&secure, &plain] {
         let s = m.wait_for(|s| s.accepted >= 3, WAIT).await.unwrap();
         assert_eq!(s.rejected_total(), 0, "{s:?}");
@@ -409,19 +452,12 @@ async fn tls_pool(leaf: &Leaf) -> loka_sim::pool::MockPool {
 async fn mine_to_a_tls_pool(mode: Mode) {
     let ca = Ca::new("Pool CA");
     let dir = temp_dir("pool");
-    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
     let pool = tls_pool(&ca.leaf(&["127.0.0.1"], |_| {})).await;
     let mut cfg = config(&[pool.addr()], mode);
-    cfg.pools[0].tls = true;
-    cfg.pools[0].tls_ca_file = Some(dir.join("ca.pem").display().to_string());
+    trust(&mut cfg, &ca.write(&dir));
     let proxy = proxy(cfg).await;
     let miners: Vec<_> = (0..2)
-        .map(|i| {
-            SimMiner::spawn(MinerConfig {
-                hashrate: Some(20_000.0),
-                ..MinerConfig::new(proxy.stratum_addr, format!("farm.rig{i}"))
-            })
-        })
+        .map(|i| SimMiner::spawn(hashing_miner(proxy.stratum_addr, format!("farm.rig{i}"))))
         .collect();
     for m in &miners {
         let s = m.wait_for(|s| s.accepted >= 3, WAIT).await.unwrap();
@@ -455,12 +491,8 @@ async fn expired_wrong_host_self_signed_and_unpinned_pool_certificates_are_refus
 {
     let ca = Ca::new("Pool CA");
     let dir = temp_dir("refused");
-    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
-    let expired = tls_pool(&ca.leaf(&["127.0.0.1"], |p| {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }))
-    .await;
+    let ca_file = ca.write(&dir);
+    let expired = tls_pool(&ca.leaf(&["127.0.0.1"], expired)).await;
     let wrong_host = tls_pool(&ca.leaf(&["pool.example.com"], |_| {})).await;
     let self_signed = tls_pool(&Leaf::self_signed(&["127.0.0.1"])).await;
     let pinned_leaf = Leaf::self_signed(&["127.0.0.1"]);
@@ -477,20 +509,14 @@ async fn expired_wrong_host_self_signed_and_unpinned_pool_certificates_are_refus
         ],
         Mode::Aggregate,
     );
-    for p in &mut cfg.pools {
-        p.tls = true;
-        p.tls_ca_file = Some(dir.join("ca.pem").display().to_string());
-    }
+    trust(&mut cfg, &ca_file);
     // Pinned to another certificate than the one it presents.
     cfg.pools[3].tls_ca_file = None;
     cfg.pools[3].tls_fingerprint = Some(Leaf::self_signed(&["127.0.0.1"]).sha256_hex());
     cfg.api.enabled = true;
     cfg.api.port = 0;
     let proxy = proxy(cfg).await;
-    let miner = SimMiner::spawn(MinerConfig {
-        hashrate: Some(20_000.0),
-        ..MinerConfig::new(proxy.stratum_addr, "farm.rig")
-    });
+    let miner = SimMiner::spawn(hashing_miner(proxy.stratum_addr, "farm.rig"));
     miner.wait_for(|s| s.accepted >= 3, WAIT).await.unwrap();
     good.wait_for(|s| s.accepted >= 1, WAIT).await.unwrap();
     for p in bad {
@@ -501,11 +527,6 @@ async fn expired_wrong_host_self_signed_and_unpinned_pool_certificates_are_refus
         assert_eq!(p.stats().connections_total, 0);
     }
     let tls = &proxy.shared.stats.tls;
-    let count = |why| {
-        tls.pool_failures()
-            .find(|(r, _)| *r == why)
-            .map_or(0, |(_, n)| n)
-    };
     for why in [
         PoolFailure::Expired,
         PoolFailure::WrongHost,
@@ -513,16 +534,14 @@ async fn expired_wrong_host_self_signed_and_unpinned_pool_certificates_are_refus
         PoolFailure::Fingerprint,
     ] {
         assert!(
-            count(why) >= 1,
+            pool_failures(&proxy, why) >= 1,
             "{why:?}: {:?}",
             tls.pool_failures().collect::<Vec<_>>()
         );
     }
-    assert_eq!(count(PoolFailure::Io), 0);
+    assert_eq!(pool_failures(&proxy, PoolFailure::Io), 0);
     // Each pool's reason, as `/health/pool` shows it.
-    let url = format!("http://{}/health/pool", proxy.api_addr.unwrap());
-    let health: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-    let pools = health["pools"].as_array().unwrap();
+    let pools = health_pools(&proxy).await;
     for (i, words) in [
         "certificate expired",
         "not valid for name",
@@ -564,10 +583,7 @@ async fn a_pool_with_a_self_signed_certificate_is_mined_to_when_pinned() {
     let colons: Vec<_> = (0..32).map(|i| &fp[2 * i..2 * i + 2]).collect();
     cfg.pools[0].tls_fingerprint = Some(colons.join(":"));
     let proxy = proxy(cfg).await;
-    let miner = SimMiner::spawn(MinerConfig {
-        hashrate: Some(20_000.0),
-        ..MinerConfig::new(proxy.stratum_addr, "farm.rig")
-    });
+    let miner = SimMiner::spawn(hashing_miner(proxy.stratum_addr, "farm.rig"));
     miner.wait_for(|s| s.accepted >= 2, WAIT).await.unwrap();
     pool.wait_for(|s| s.accepted >= 1, WAIT).await.unwrap();
     assert_eq!(proxy.shared.stats.tls.pool_handshakes.load(Relaxed), 1);
@@ -600,22 +616,18 @@ fn a_pool_ca_file_that_does_not_load_is_named() {
 async fn a_pin_on_top_of_a_ca_file_requires_both() {
     let ca = Ca::new("Pool CA");
     let dir = temp_dir("both");
-    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    let ca_file = ca.write(&dir);
     let leaf = ca.leaf(&["127.0.0.1"], |_| {});
     let pinned = tls_pool(&leaf).await;
     // Chains to the CA, but is not the pinned certificate.
     let other = tls_pool(&ca.leaf(&["127.0.0.1"], |_| {})).await;
     let mut cfg = config(&[other.addr(), pinned.addr()], Mode::Aggregate);
+    trust(&mut cfg, &ca_file);
     for p in &mut cfg.pools {
-        p.tls = true;
-        p.tls_ca_file = Some(dir.join("ca.pem").display().to_string());
         p.tls_fingerprint = Some(leaf.sha256_hex());
     }
     let proxy = proxy(cfg).await;
-    let miner = SimMiner::spawn(MinerConfig {
-        hashrate: Some(20_000.0),
-        ..MinerConfig::new(proxy.stratum_addr, "farm.rig")
-    });
+    let miner = SimMiner::spawn(hashing_miner(proxy.stratum_addr, "farm.rig"));
     miner.wait_for(|s| s.accepted >= 2, WAIT).await.unwrap();
     pinned.wait_for(|s| s.accepted >= 1, WAIT).await.unwrap();
     other
@@ -623,14 +635,7 @@ async fn a_pin_on_top_of_a_ca_file_requires_both() {
         .await
         .unwrap();
     assert_eq!(other.stats().connections_total, 0);
-    let fingerprint = proxy
-        .shared
-        .stats
-        .tls
-        .pool_failures()
-        .find(|(r, _)| *r == PoolFailure::Fingerprint)
-        .map_or(0, |(_, n)| n);
-    assert!(fingerprint >= 1);
+    assert!(pool_failures(&proxy, PoolFailure::Fingerprint) >= 1);
     miner.stop();
     proxy.drain(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -642,43 +647,22 @@ async fn a_pin_on_top_of_a_ca_file_requires_both() {
 async fn a_refused_pool_certificate_shows_in_health_in_passthrough_mode() {
     let ca = Ca::new("Pool CA");
     let dir = temp_dir("passthrough");
-    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
-    let expired = tls_pool(&ca.leaf(&["127.0.0.1"], |p| {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }))
-    .await;
+    let expired = tls_pool(&ca.leaf(&["127.0.0.1"], expired)).await;
     let good = tls_pool(&ca.leaf(&["127.0.0.1"], |_| {})).await;
     let mut cfg = config(&[expired.addr(), good.addr()], Mode::Passthrough);
-    for p in &mut cfg.pools {
-        p.tls = true;
-        p.tls_ca_file = Some(dir.join("ca.pem").display().to_string());
-    }
+    trust(&mut cfg, &ca.write(&dir));
     cfg.api.enabled = true;
     cfg.api.port = 0;
     let proxy = proxy(cfg).await;
-    let miner = SimMiner::spawn(MinerConfig {
-        hashrate: Some(20_000.0),
-        ..MinerConfig::new(proxy.stratum_addr, "farm.rig")
-    });
+    let miner = SimMiner::spawn(hashing_miner(proxy.stratum_addr, "farm.rig"));
     miner.wait_for(|s| s.accepted >= 2, WAIT).await.unwrap();
     good.wait_for(|s| s.accepted >= 1, WAIT).await.unwrap();
     assert_eq!(expired.stats().connections_total, 0);
-    let url = format!("http://{}/health/pool", proxy.api_addr.unwrap());
-    let health: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-    let e = health["pools"][0]["last_error"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(e.contains("certificate expired"), "{health}");
-    assert_eq!(health["pools"][1]["last_error"], serde_json::Value::Null);
-    let expired_count = proxy
-        .shared
-        .stats
-        .tls
-        .pool_failures()
-        .find(|(r, _)| *r == PoolFailure::Expired)
-        .map_or(0, |(_, n)| n);
-    assert!(expired_count >= 1);
+    let pools = health_pools(&proxy).await;
+    let e = pools[0]["last_error"].as_str().unwrap_or_default();
+    assert!(e.contains("certificate expired"), "{pools:?}");
+    assert_eq!(pools[1]["last_error"], serde_json::Value::Null);
+    assert!(pool_failures(&proxy, PoolFailure::Expired) >= 1);
     miner.stop();
     proxy.drain(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&dir);
