@@ -122,12 +122,28 @@ impl Subscription {
     }
 }
 
-async fn tcp_connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+/// Connect within 5 s (`TimedOut` after), without Nagle's delay.
+pub(crate) async fn tcp_connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// A TLS handshake over `stream` within 5 s (`TimedOut` after), checking the server's
+/// certificate for `server_name`.
+pub(crate) async fn tls_handshake(
+    stream: TcpStream,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+    tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
 
 /// A raw Stratum client over TCP or TLS. Messages read while waiting for something else
@@ -160,12 +176,7 @@ impl StratumClient {
     ) -> io::Result<Self> {
         let stream = tcp_connect(addr).await?;
         let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
-        let tls = tokio::time::timeout(Duration::from_secs(5), handshake)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let tls = tls_handshake(stream, config, server_name).await?;
         let (rd, wr) = tokio::io::split(tls);
         Ok(Self::over(Box::new(rd), Box::new(wr), peer, local))
     }

@@ -14,7 +14,6 @@ use parking_lot::{Condvar, Mutex};
 use primitive_types::U256;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -58,28 +57,21 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// Connect to `addr`, and speak TLS over it when the miner is set to. The error says what
-/// failed and whether it took the whole timeout (5 s).
+/// failed and whether it took the whole timeout.
 async fn open(
     addr: &str,
     tls: &Option<(Arc<rustls::ClientConfig>, String)>,
 ) -> Result<Box<dyn Io>, (String, bool)> {
-    let limit = Duration::from_secs(5);
-    let stream = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err((format!("connect {addr}: {e}"), false)),
-        Err(_) => return Err((format!("connect {addr}: timed out"), true)),
-    };
-    let _ = stream.set_nodelay(true);
+    let waited = |e: &std::io::Error| e.kind() == std::io::ErrorKind::TimedOut;
+    let stream = crate::client::tcp_connect(addr)
+        .await
+        .map_err(|e| (format!("connect {addr}: {e}"), waited(&e)))?;
     let Some((config, name)) = tls else {
         return Ok(Box::new(stream));
     };
-    let name = rustls::pki_types::ServerName::try_from(name.clone())
-        .map_err(|e| (format!("TLS with {addr}: {e}"), false))?;
-    let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream);
-    match tokio::time::timeout(limit, handshake).await {
-        Ok(Ok(s)) => Ok(Box::new(s)),
-        Ok(Err(e)) => Err((format!("TLS with {addr}: {e}"), false)),
-        Err(_) => Err((format!("TLS with {addr}: handshake timed out"), true)),
+    match crate::client::tls_handshake(stream, config.clone(), name).await {
+        Ok(s) => Ok(Box::new(s)),
+        Err(e) => Err((format!("TLS with {addr}: {e}"), waited(&e))),
     }
 }
 
