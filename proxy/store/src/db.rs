@@ -150,6 +150,27 @@ impl Store {
         })
     }
 
+    /// For SQLite: a pool of its own on the same database and with the same settings, no
+    /// connection open yet. SQLite runs a connection's statements on a thread that the
+    /// connection starts when it opens (`loka-sqlite-writer-N` here), at the priority of the
+    /// thread that opened it, so the writer's connections, opened by the writer on its own
+    /// lower-priority thread, run at that priority too, whoever opened the shared pool's.
+    /// PostgreSQL's work runs in the server: the shared pool.
+    pub fn separate_writer_pool(&self) -> Store {
+        match &self.db {
+            Db::Postgres(_) => self.clone(),
+            Db::Sqlite(p) => {
+                let opts = (*p.connect_options())
+                    .clone()
+                    .thread_name(|id| format!("loka-sqlite-writer-{id}"));
+                Store {
+                    db: Db::Sqlite(p.options().clone().connect_lazy_with(opts)),
+                    max_connections: self.max_connections,
+                }
+            }
+        }
+    }
+
     /// Connect, check the database answers, and (if `run_migrations`) migrate.
     pub async fn open(cfg: &StorageConfig) -> Result<Store> {
         let store = Store::connect_lazy(cfg)?;

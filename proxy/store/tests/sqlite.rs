@@ -392,21 +392,33 @@ fn nice_in_stat(stat: &std::path::Path) -> Option<i32> {
     rest.split(' ').nth(16)?.parse().ok()
 }
 
-/// The nice value of this process's thread named `name` (Linux: /proc/self/task).
+/// The nice values of this process's threads whose name begins like `name` (Linux:
+/// /proc/self/task; the kernel keeps the first 15 bytes of a thread's name).
+#[cfg(target_os = "linux")]
+fn threads_nice(name: &str) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            if !name.starts_with(comm.trim()) {
+                return None;
+            }
+            nice_in_stat(&t.join("stat"))
+        })
+        .collect()
+}
+
 #[cfg(target_os = "linux")]
 fn thread_nice(name: &str) -> Option<i32> {
-    std::fs::read_dir("/proc/self/task").ok()?.find_map(|t| {
-        let t = t.ok()?.path();
-        let comm = std::fs::read_to_string(t.join("comm")).ok()?;
-        if !name.starts_with(comm.trim()) {
-            return None;
-        }
-        nice_in_stat(&t.join("stat"))
-    })
+    threads_nice(name).first().copied()
 }
 
 /// On its own thread the writer runs `storage.writer_nice` levels below the sessions
-/// (default 10), so its bursts do not delay miners' replies.
+/// (default 10), so its bursts do not delay miners' replies; so do the threads SQLite runs
+/// its statements on, though the store was opened (and migrated) at the sessions' priority.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_writer_thread_runs_at_a_lower_priority() {
@@ -435,5 +447,23 @@ async fn the_writer_thread_runs_at_a_lower_priority() {
         "writer thread nice {:?}, process {own}",
         thread_nice("loka-store-writer")
     );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            handle.status().submissions_inserted == 1
+        })
+        .await
+    );
+    let sqlite = threads_nice("loka-sqlite-writer-");
+    assert!(
+        !sqlite.is_empty() && sqlite.iter().all(|n| *n == (own + 7).min(19)),
+        "the writer's SQLite threads run at {sqlite:?}, the process at {own}"
+    );
     handle.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            threads_nice("loka-sqlite-writer-").is_empty()
+        })
+        .await,
+        "the writer's SQLite threads end with it"
+    );
 }

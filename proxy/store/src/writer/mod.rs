@@ -312,10 +312,14 @@ pub fn spawn_writer(
     metrics.spool_bytes.store(spool.bytes(), Relaxed);
     metrics.db_up.store(opts.database_ready, Relaxed);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let writer = Writer::new(store.clone(), rx, opts, spool, metrics.clone());
-    let task = if writer.opts.dedicated_thread {
-        run_on_own_thread(writer, stop_rx)?
+    let task = if opts.dedicated_thread {
+        // The statements of an SQLite connection run on its own thread, at the priority of
+        // the thread that opened it: the writer opens its own connections on its thread.
+        let own = store.separate_writer_pool();
+        let writer = Writer::new(own.clone(), rx, opts, spool, metrics.clone());
+        run_on_own_thread(writer, own, stop_rx)?
     } else {
+        let writer = Writer::new(store.clone(), rx, opts, spool, metrics.clone());
         tokio::spawn(writer.run(stop_rx))
     };
     Ok(StoreHandle {
@@ -332,6 +336,7 @@ pub fn spawn_writer(
 /// yields its report. Aborting that task aborts the writer too.
 fn run_on_own_thread(
     writer: Writer,
+    store: Store,
     stop: oneshot::Receiver<Instant>,
 ) -> Result<JoinHandle<ShutdownReport>> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -347,6 +352,8 @@ fn run_on_own_thread(
         .spawn(move || {
             lower_thread_priority(nice);
             let r = rt.block_on(inner);
+            // The writer's own pool (SQLite): its connections closed, their threads ended.
+            rt.block_on(store.close());
             let _ = done_tx.send(r);
         })
         .map_err(|e| Error::Invalid(format!("writer thread: {e}")))?;
