@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Load benchmarks of the proxy, as reported in BENCHMARKS.md. Bounded in time; stops by itself.
 #   bench/run.sh [hold|throughput|api|api-cost|storage|profile|farm|heap|soak|tls|all]
+# throughput: shares/s and proxy CPU per share, one submit per write (1,000 and 2,000
+# connections) and at max rate (50 pipelining connections, THROUGHPUT_BURST submits per write).
 # tls: what TLS costs, plain port against TLS port of one proxy, alternating (TLS_ROUNDS, 2):
 # proxy CPU and RSS per held connection (TLS_CONNECTIONS, 5000, opened at once), connect +
 # handshake time, and submit latency and CPU per share at 1,000 miners x 10 shares/s.
 # profile: perf (Debian linux-perf) records the proxy under 10,000 miners; prints self time
-# by function and by thread; PROFILE_KEEP=<file> keeps perf.data for `perf report -i <file>`.
+# by function and by thread; PROFILE_KEEP=<file> keeps perf.data for `perf report -i <file>`;
+# PROFILE_LOAD=throughput: 1,000 connections at 20,000 shares/s (0.1 % forwarded, storage off).
 # soak: 10,000 miners (SOAK_MINERS) at 0.2 shares/s for 600 s (SOAK_SECONDS); RSS, CPU and the
 # proxy's error counters every 30 s, and the RSS slope from a quarter of the run on.
 # heap: dhat (the proxy built with --features dhat-heap) under 10,000 miners (HEAP_MINERS) at
@@ -15,8 +18,9 @@
 # FARM_MINERS (list, 10000), FARM_RATES (shares/s per miner, list, "0.2 1"), FARM_RAMP (10),
 # FARM_DURATION (60), FARM_JOB_INTERVAL (5), FARM_BASELINE (another loka-proxy binary, e.g. a
 # build of an earlier commit: an arm of its own in the same run), FARM_STORAGE_OFF=1 (an arm
-# of the proxy with storage off too: what the share store costs), BENCH_OUT (copy the JSON
-# lines there, for bench/plot.py).
+# of the proxy with storage off too: what the share store costs), FARM_ROUNDS (1: the arms
+# run this many times in turn, and the medians over the rounds are compared too), BENCH_OUT
+# (copy the JSON lines there, for bench/plot.py).
 # storage: STORAGE_RATE (shares/s, 10000), STORAGE_REPEAT (alternating off/on runs, 1),
 # STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
 # SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
@@ -187,6 +191,18 @@ throughput() {
   "$B" --target 127.0.0.1:13333 --connections 2000 --rate 60000 --duration 15 --ramp 2 >"$work/max.json" 2>/dev/null
   summary "via-proxy 2000 conns offered 60k/s (saturation, 3 processes on 2 cores)" "$work/max.json"
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  # Max rate: 50 pipelining connections (bursts of THROUGHPUT_BURST, 10, submits per write)
+  # offered 1,000,000 shares/s, straight to the pool and through the proxy.
+  local burst="${THROUGHPUT_BURST:-10}"
+  "$B" --target 127.0.0.1:13335 --connections 50 --rate 1000000 --burst "$burst" --duration 15 --ramp 1 >"$work/max-direct.json" 2>/dev/null
+  summary "max rate direct-to-pool: 50 conns, bursts of $burst submits, offered 1M/s" "$work/max-direct.json"
+  start_proxy 13335 0.000000001 false
+  t0=$(cpu_ticks "$proxy_pid")
+  "$B" --target 127.0.0.1:13333 --connections 50 --rate 1000000 --burst "$burst" --duration 15 --ramp 1 >"$work/max-proxy.json" 2>/dev/null
+  t1=$(cpu_ticks "$proxy_pid")
+  summary "max rate via-proxy: 50 conns, bursts of $burst submits, offered 1M/s, every share forwarded" "$work/max-proxy.json"
+  cpu_per_share "proxy CPU at max rate, every share forwarded" "$t0" "$t1" "$work/max-proxy.json"
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
   # Aggregate as deployed: the pool's difficulty is 1000× the miners', so ~0.1% is forwarded.
   start_pool 13337 0.000001 30
   start_proxy 13337 0.000000001 false
@@ -195,6 +211,11 @@ throughput() {
   t1=$(cpu_ticks "$proxy_pid")
   summary "via-proxy 1000 conns @20k/s, pool difficulty 1000x (0.1% forwarded)" "$work/agg.json"
   cpu_per_share "proxy CPU at 20k/s, 0.1% forwarded" "$t0" "$t1" "$work/agg.json"
+  t0=$(cpu_ticks "$proxy_pid")
+  "$B" --target 127.0.0.1:13333 --connections 50 --rate 1000000 --burst "$burst" --duration 15 --ramp 1 >"$work/max-agg.json" 2>/dev/null
+  t1=$(cpu_ticks "$proxy_pid")
+  summary "max rate via-proxy: 50 conns, bursts of $burst submits, offered 1M/s, 0.1% forwarded" "$work/max-agg.json"
+  cpu_per_share "proxy CPU at max rate, 0.1% forwarded" "$t0" "$t1" "$work/max-agg.json"
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 
@@ -429,10 +450,10 @@ farm_arm() { # $1 label $2 target port $3 miners $4 shares/s per miner $5 json n
   if [ -n "${6:-}" ]; then t1=$(cpu_ticks "$6"); rss1=$(rss_kib "$6"); fi
   wait "$b"
   python3 - "$1" "$work/$5.json" "$3" "$4" "${rss0:-}" "$rss1" "${t0:-0}" "${t1:-0}" "$steady" "$(getconf CLK_TCK)" <<'PY' | tee -a "$work/farm.jsonl"
-import json, sys
+import json, os, sys
 label, path, miners, rate, rss0, rss1, t0, t1, secs, hz = sys.argv[1:]
 d = json.load(open(path))
-out = {"scenario": label, "miners": int(miners), "shares_per_miner_per_s": float(rate),
+out = {"scenario": label, "round": int(os.environ.get("FARM_ROUND", "1")), "miners": int(miners), "shares_per_miner_per_s": float(rate),
        "established": d["connections_established"], "disconnects": d["disconnects"],
        "accepted_per_sec": round(d["accepted_per_sec"]), "rejected": d["rejected"],
        "unanswered": d["unanswered"],
@@ -450,10 +471,12 @@ PY
 
 farm() { # the same miners straight to the pool and through the proxy (storage on, SQLite), in one run
   FARM_RAMP="${FARM_RAMP:-10}" FARM_DURATION="${FARM_DURATION:-60}"
-  local miners rate
+  local miners rate round
   start_pool 13340 0.000000001 "${FARM_JOB_INTERVAL:-5}"
   for miners in ${FARM_MINERS:-10000}; do
     for rate in ${FARM_RATES:-0.2 1}; do
+    for round in $(seq "${FARM_ROUNDS:-1}"); do
+      export FARM_ROUND=$round
       farm_arm "direct: $miners miners x $rate shares/s" 13340 "$miners" "$rate" "direct-$miners-$rate"
       if [ -n "${FARM_BASELINE:-}" ]; then
         PROXY_BIN="$FARM_BASELINE" start_proxy 13340 0.000000001 true embedded
@@ -471,21 +494,40 @@ farm() { # the same miners straight to the pool and through the proxy (storage o
         kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
       fi
     done
+    done
   done
-  # Ratios, proxy over direct, per load.
+  # Ratios, proxy over direct, per load and round; with FARM_ROUNDS > 1 also the median of
+  # each arm over the rounds and their ratio (a run's fan-out p99 is nearly its slowest job's).
   python3 - "$work/farm.jsonl" <<'PY' | tee -a "$work/farm.jsonl"
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-for p in (r for r in rows if "proxy (" in r["scenario"]):
-    d = next(r for r in rows if r["scenario"].startswith("direct") and r["miners"] == p["miners"]
-             and r["shares_per_miner_per_s"] == p["shares_per_miner_per_s"])
+def ratios(p, d, label):
     ratio = lambda k: round(p[k] / d[k], 2) if p.get(k) and d.get(k) else None
+    return {"scenario": label, "miners": p["miners"], "shares_per_miner_per_s": p["shares_per_miner_per_s"],
+            "submit_p99": ratio("submit_p99_ms"), "fanout_p99": ratio("fanout_p99_ms"),
+            "proxy_cpu_percent_of_200": p.get("proxy_cpu_percent_of_200"),
+            "rss_bytes_per_miner": p.get("rss_bytes_per_miner")}
+same = lambda a, b: a["miners"] == b["miners"] and a["shares_per_miner_per_s"] == b["shares_per_miner_per_s"]
+for p in (r for r in rows if "proxy (" in r["scenario"]):
+    d = next(r for r in rows if r["scenario"].startswith("direct") and same(r, p) and r["round"] == p["round"])
     who = p["scenario"].split(":")[0]
-    print(json.dumps({"scenario": f"ratio {who}/direct: {p['miners']} miners x {p['shares_per_miner_per_s']} shares/s",
-                      "miners": p["miners"], "shares_per_miner_per_s": p["shares_per_miner_per_s"],
-                      "submit_p99": ratio("submit_p99_ms"), "fanout_p99": ratio("fanout_p99_ms"),
-                      "proxy_cpu_percent_of_200": p.get("proxy_cpu_percent_of_200"),
-                      "rss_bytes_per_miner": p.get("rss_bytes_per_miner")}))
+    print(json.dumps({**ratios(p, d, f"ratio {who}/direct: {p['miners']} miners x {p['shares_per_miner_per_s']} shares/s"), "round": p["round"]}))
+if max(r["round"] for r in rows) > 1:
+    arms = {}
+    for r in rows:
+        arms.setdefault((r["scenario"].split(":")[0], r["miners"], r["shares_per_miner_per_s"]), []).append(r)
+    med = {}
+    for key, rs in arms.items():
+        m = {"miners": key[1], "shares_per_miner_per_s": key[2], "rounds": len(rs)}
+        for k in ("submit_p99_ms", "fanout_p99_ms", "fanout_p50_ms", "proxy_cpu_percent_of_200", "rss_bytes_per_miner"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if vals:
+                m[k] = round(statistics.median(vals), 2)
+        med[key] = m
+        print(json.dumps({"scenario": f"median over rounds, {key[0]}: {key[1]} miners x {key[2]} shares/s", **m}))
+    for (who, n, rate), p in med.items():
+        if "proxy (" in who:
+            print(json.dumps(ratios(p, med[("direct", n, rate)], f"ratio of medians {who}/direct: {n} miners x {rate} shares/s")))
 PY
   [ -n "${BENCH_OUT:-}" ] && cp "$work/farm.jsonl" "$BENCH_OUT"
   true
@@ -621,17 +663,27 @@ tls() { # plain port against TLS port of one proxy, alternating
   true
 }
 
-profile() { # where the proxy's CPU goes: 10,000 miners at 0.2 shares/s each, storage on (SQLite)
-  start_pool 13336 0.000000001 5
-  start_proxy 13336 0.000000001 true embedded
-  "$B" --target 127.0.0.1:13333 --connections 10000 --rate 2000 --processes 2 --ramp 10 --duration 45 >"$work/profile.json" 2>/dev/null &
+profile() { # where the proxy's CPU goes: 10,000 miners at 0.2 shares/s each, storage on (SQLite);
+  # PROFILE_LOAD=throughput: 1,000 connections at 20,000 shares/s, 0.1 % forwarded, storage off
+  local label
+  if [ "${PROFILE_LOAD:-farm}" = throughput ]; then
+    start_pool 13336 0.000001 30
+    start_proxy 13336 0.000000001 false
+    "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --ramp 2 --duration 30 >"$work/profile.json" 2>/dev/null &
+    label="profile load: 1,000 connections at 20,000 shares/s, 0.1 % forwarded, storage off"
+  else
+    start_pool 13336 0.000000001 5
+    start_proxy 13336 0.000000001 true embedded
+    "$B" --target 127.0.0.1:13333 --connections 10000 --rate 2000 --processes 2 --ramp 10 --duration 45 >"$work/profile.json" 2>/dev/null &
+    label="profile load: 10,000 miners at 2,000 shares/s, storage on (SQLite)"
+  fi
   local b=$!
-  sleep 15
+  sleep "${PROFILE_WARMUP:-15}"
   local t0; t0=$(cpu_ticks "$proxy_pid")
   perf record -e cpu-clock -F 999 -g -p "$proxy_pid" -o "$work/perf.data" -- sleep 20 >/dev/null 2>&1
   local t1; t1=$(cpu_ticks "$proxy_pid")
   wait "$b"
-  summary "profile load: 10,000 miners at 2,000 shares/s, storage on (SQLite)" "$work/profile.json"
+  summary "$label" "$work/profile.json"
   python3 -c "import json,os; print(json.dumps({'scenario': 'proxy CPU while profiled (20 s)', 'cpu_percent_of_one_core': round(($t1-$t0)/os.sysconf('SC_CLK_TCK')/20*100, 1)}))"
   # Self time by function, and by thread (sessions on the runtime's workers, the writer).
   local by

@@ -54,6 +54,11 @@ struct Args {
     /// Total shares per second, spread evenly over the connections (0 = no submits).
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
+    /// Submits per write: every `burst` slots a connection sends that many shares at once
+    /// (a pipelining client: the endpoint reads them together and may answer them in one
+    /// write). The total rate is unchanged.
+    #[arg(long, default_value_t = 1)]
+    burst: u32,
     /// Seconds to run, default 10 (then submitting stops and in-flight replies get 2 s).
     /// With --serve-pool the default is until Ctrl-C.
     #[arg(long)]
@@ -403,6 +408,9 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<Report> {
     check_secs(Some(args.ramp), "--ramp")?;
     check_secs(Some(args.connect_timeout), "--connect-timeout")?;
     check_secs(args.pool_job_interval, "--pool-job-interval")?;
+    if args.burst == 0 {
+        bail!("--burst must be at least 1 (submits per write)");
+    }
     if let Some(addr) = &args.serve_pool {
         return serve_pool(&args, addr).await;
     }
@@ -489,8 +497,9 @@ fn measure_hash_speed() -> f64 {
 async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
     let duration = Duration::from_secs_f64(args.duration.unwrap_or(10.0).max(0.0));
     let n = args.connections;
-    let interval =
-        (args.rate > 0.0 && !args.hold).then(|| Duration::from_secs_f64(n as f64 / args.rate));
+    let burst = f64::from(args.burst.max(1));
+    let interval = (args.rate > 0.0 && !args.hold)
+        .then(|| Duration::from_secs_f64(n as f64 * burst / args.rate));
     let capacity_hps = measure_hash_speed() * threads as f64;
     let tls = match &args.tls_ca {
         None => None,
@@ -831,8 +840,14 @@ where
                     ctx.missed_slots.fetch_add(missed, Ordering::Relaxed);
                     next_submit += iv.mul_f64(missed as f64);
                 }
-                if let Some(line) = find_share_line(ctx, &mut st, &user).await {
-                    wr.write_all(line.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+                let mut lines = String::new();
+                for _ in 0..ctx.args.burst.max(1) {
+                    if let Some(line) = find_share_line(ctx, &mut st, &user).await {
+                        lines.push_str(&line);
+                    }
+                }
+                if !lines.is_empty() {
+                    wr.write_all(lines.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
                 }
             }
             _ = tokio::time::sleep_until(ctx.end), if submitting => {
@@ -1046,6 +1061,7 @@ async fn run_children(args: &Args, target: &str, threads: usize) -> anyhow::Resu
             .args(["--rate", &rate.to_string()])
             .args(["--duration", &args.duration.unwrap_or(10.0).to_string()])
             .args(["--ramp", &args.ramp.to_string()])
+            .args(["--burst", &args.burst.to_string()])
             .args(["--username-prefix", &args.username_prefix])
             .args(["--password", &args.password])
             .args(["--connect-timeout", &args.connect_timeout.to_string()])
