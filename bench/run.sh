@@ -177,45 +177,43 @@ hold() {
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 
+proxy_load() { # $1 label $2 json name, then loka-bench's load arguments: run them against the
+  # proxy ($proxy_pid), print the summary and the proxy's CPU per share
+  local label=$1 json="$work/$2.json" t0 t1
+  shift 2
+  t0=$(cpu_ticks "$proxy_pid")
+  "$B" --target 127.0.0.1:13333 "$@" >"$json" 2>/dev/null
+  t1=$(cpu_ticks "$proxy_pid")
+  summary "$label" "$json"
+  cpu_per_share "proxy CPU, $label" "$t0" "$t1" "$json"
+}
+
 throughput() {
+  # Max rate: 50 pipelining connections (bursts of THROUGHPUT_BURST, 10, submits per write)
+  # offered 1,000,000 shares/s.
+  local burst="${THROUGHPUT_BURST:-10}"
+  local max=(--connections 50 --rate 1000000 --burst "$burst" --duration 15 --ramp 1)
   start_pool 13335 0.000000001 30
   # Baseline: straight to the pool.
   "$B" --target 127.0.0.1:13335 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/direct.json" 2>/dev/null
   summary "direct-to-pool 1000 conns @20k/s" "$work/direct.json"
-  start_proxy 13335 0.000000001 false
-  local t0; t0=$(cpu_ticks "$proxy_pid")
-  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/proxied.json" 2>/dev/null
-  local t1; t1=$(cpu_ticks "$proxy_pid")
-  summary "via-proxy 1000 conns @20k/s (every share validated and forwarded)" "$work/proxied.json"
-  cpu_per_share "proxy CPU at 20k/s, every share forwarded" "$t0" "$t1" "$work/proxied.json"
-  "$B" --target 127.0.0.1:13333 --connections 2000 --rate 60000 --duration 15 --ramp 2 >"$work/max.json" 2>/dev/null
-  summary "via-proxy 2000 conns offered 60k/s (saturation, 3 processes on 2 cores)" "$work/max.json"
-  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
-  # Max rate: 50 pipelining connections (bursts of THROUGHPUT_BURST, 10, submits per write)
-  # offered 1,000,000 shares/s, straight to the pool and through the proxy.
-  local burst="${THROUGHPUT_BURST:-10}"
-  "$B" --target 127.0.0.1:13335 --connections 50 --rate 1000000 --burst "$burst" --duration 15 --ramp 1 >"$work/max-direct.json" 2>/dev/null
+  "$B" --target 127.0.0.1:13335 "${max[@]}" >"$work/max-direct.json" 2>/dev/null
   summary "max rate direct-to-pool: 50 conns, bursts of $burst submits, offered 1M/s" "$work/max-direct.json"
   start_proxy 13335 0.000000001 false
-  t0=$(cpu_ticks "$proxy_pid")
-  "$B" --target 127.0.0.1:13333 --connections 50 --rate 1000000 --burst "$burst" --duration 15 --ramp 1 >"$work/max-proxy.json" 2>/dev/null
-  t1=$(cpu_ticks "$proxy_pid")
-  summary "max rate via-proxy: 50 conns, bursts of $burst submits, offered 1M/s, every share forwarded" "$work/max-proxy.json"
-  cpu_per_share "proxy CPU at max rate, every share forwarded" "$t0" "$t1" "$work/max-proxy.json"
+  proxy_load "via-proxy 1000 conns @20k/s (every share validated and forwarded)" proxied \
+    --connections 1000 --rate 20000 --duration 20 --ramp 2
+  "$B" --target 127.0.0.1:13333 --connections 2000 --rate 60000 --duration 15 --ramp 2 >"$work/max.json" 2>/dev/null
+  summary "via-proxy 2000 conns offered 60k/s (saturation, 3 processes on 2 cores)" "$work/max.json"
+  proxy_load "max rate via-proxy: 50 conns, bursts of $burst submits, offered 1M/s, every share forwarded" \
+    max-proxy "${max[@]}"
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
   # Aggregate as deployed: the pool's difficulty is 1000× the miners', so ~0.1% is forwarded.
   start_pool 13337 0.000001 30
   start_proxy 13337 0.000000001 false
-  t0=$(cpu_ticks "$proxy_pid")
-  "$B" --target 127.0.0.1:13333 --connections 1000 --rate 20000 --duration 20 --ramp 2 >"$work/agg.json" 2>/dev/null
-  t1=$(cpu_ticks "$proxy_pid")
-  summary "via-proxy 1000 conns @20k/s, pool difficulty 1000x (0.1% forwarded)" "$work/agg.json"
-  cpu_per_share "proxy CPU at 20k/s, 0.1% forwarded" "$t0" "$t1" "$work/agg.json"
-  t0=$(cpu_ticks "$proxy_pid")
-  "$B" --target 127.0.0.1:13333 --connections 50 --rate 1000000 --burst "$burst" --duration 15 --ramp 1 >"$work/max-agg.json" 2>/dev/null
-  t1=$(cpu_ticks "$proxy_pid")
-  summary "max rate via-proxy: 50 conns, bursts of $burst submits, offered 1M/s, 0.1% forwarded" "$work/max-agg.json"
-  cpu_per_share "proxy CPU at max rate, 0.1% forwarded" "$t0" "$t1" "$work/max-agg.json"
+  proxy_load "via-proxy 1000 conns @20k/s, pool difficulty 1000x (0.1% forwarded)" agg \
+    --connections 1000 --rate 20000 --duration 20 --ramp 2
+  proxy_load "max rate via-proxy: 50 conns, bursts of $burst submits, offered 1M/s, 0.1% forwarded" \
+    max-agg "${max[@]}"
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 }
 
