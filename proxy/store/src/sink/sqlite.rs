@@ -89,16 +89,23 @@ impl Sink {
         // text never changes, so it is prepared once per connection, and a batch is one
         // round trip to SQLite's thread whatever its size (a multi-row VALUES list would be
         // a new statement for every batch size).
+        // In the share key's order (worker, then time; stable, so of two rows with one key the
+        // first still wins): each row's place in that index is then next to the last one's.
+        let mut shares: Vec<(Uuid, &ShareRecord)> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Share(s) => Some((ids[&(&*s.pool, &*s.worker)], s)),
+                _ => None,
+            })
+            .collect();
+        shares.sort_by_key(|(w, s)| (*w, s.at_us));
         let mut rows = Vec::new();
         let mut count = 0u64;
-        for r in records {
-            if let Record::Share(s) = r {
-                let w = ids[&(&*s.pool, &*s.worker)];
-                push_share_row(&mut rows, s, &w)?;
-                count += 1;
-                let e = activity.entry(w).or_insert(s.at_us);
-                *e = (*e).max(s.at_us);
-            }
+        for (w, s) in shares {
+            push_share_row(&mut rows, s, &w)?;
+            count += 1;
+            let e = activity.entry(w).or_insert(s.at_us);
+            *e = (*e).max(s.at_us);
         }
         if count > 0 {
             rows.push(b']');
