@@ -155,18 +155,18 @@ impl Store {
     /// connection starts when it opens (`loka-sqlite-writer-N` here), at the priority of the
     /// thread that opened it, so the writer's connections, opened by the writer on its own
     /// lower-priority thread, run at that priority too, whoever opened the shared pool's.
-    /// PostgreSQL's work runs in the server: the shared pool.
-    pub fn separate_writer_pool(&self) -> Store {
+    /// `None` for PostgreSQL: its work runs in the server, the shared pool serves.
+    pub fn separate_writer_pool(&self) -> Option<Store> {
         match &self.db {
-            Db::Postgres(_) => self.clone(),
+            Db::Postgres(_) => None,
             Db::Sqlite(p) => {
                 let opts = (*p.connect_options())
                     .clone()
                     .thread_name(|id| format!("loka-sqlite-writer-{id}"));
-                Store {
+                Some(Store {
                     db: Db::Sqlite(p.options().clone().connect_lazy_with(opts)),
                     max_connections: self.max_connections,
-                }
+                })
             }
         }
     }

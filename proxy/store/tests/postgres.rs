@@ -9,7 +9,7 @@ use loka_store::accounting::{Method, NewEarning};
 use loka_store::events::Event;
 use loka_store::record::{Record, Recorder};
 use loka_store::sink::{Sink, SinkOptions};
-use loka_store::{Backend, Store};
+use loka_store::{Backend, Store, WriterOptions, spawn_writer};
 use loka_test_support::fresh_pg_database;
 use sqlx::PgPool;
 use std::time::{Duration, SystemTime};
@@ -521,6 +521,44 @@ type StoredShare = (
 /// A writer started with the database known to be up (the proxy has just migrated it) writes
 /// its first shares directly; one started without that knowledge spools them until its first
 /// write succeeds. Both store every share exactly once.
+/// On its own thread the writer uses the shared pool with PostgreSQL (its statements run in
+/// the server, not on a thread of ours), and its end leaves that pool open for the API's reads.
+#[tokio::test]
+async fn a_writer_on_its_own_thread_leaves_the_shared_pool_open_when_it_ends() {
+    let (store, _pg) = migrated().await;
+    let spool = tempfile::tempdir().unwrap();
+    let cfg = loka_test_support::storage_config(&store_url(&store), spool.path());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let handle = spawn_writer(
+        store.clone(),
+        rx,
+        WriterOptions {
+            dedicated_thread: true,
+            database_ready: true,
+            ..WriterOptions::from_config(&cfg, &pools())
+        },
+        16,
+    )
+    .unwrap();
+    tx.send(share("erin.rig", "main", 1, true, "1"))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            handle.status().submissions_inserted == 1
+        })
+        .await,
+        "{:?}",
+        handle.status()
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        store.count_submissions().await.ok(),
+        Some(1),
+        "the shared pool still answers after the writer ended"
+    );
+}
+
 #[tokio::test]
 async fn a_writer_that_starts_with_the_database_up_writes_its_first_shares_directly() {
     for ready in [false, true] {

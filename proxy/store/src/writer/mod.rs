@@ -316,7 +316,13 @@ pub fn spawn_writer(
         // The statements of an SQLite connection run on its own thread, at the priority of
         // the thread that opened it: the writer opens its own connections on its thread.
         let own = store.separate_writer_pool();
-        let writer = Writer::new(own.clone(), rx, opts, spool, metrics.clone());
+        let writer = Writer::new(
+            own.clone().unwrap_or_else(|| store.clone()),
+            rx,
+            opts,
+            spool,
+            metrics.clone(),
+        );
         run_on_own_thread(writer, own, stop_rx)?
     } else {
         let writer = Writer::new(store.clone(), rx, opts, spool, metrics.clone());
@@ -336,7 +342,7 @@ pub fn spawn_writer(
 /// yields its report. Aborting that task aborts the writer too.
 fn run_on_own_thread(
     writer: Writer,
-    store: Store,
+    own_pool: Option<Store>,
     stop: oneshot::Receiver<Instant>,
 ) -> Result<JoinHandle<ShutdownReport>> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -352,8 +358,14 @@ fn run_on_own_thread(
         .spawn(move || {
             lower_thread_priority(nice);
             let r = rt.block_on(inner);
-            // The writer's own pool (SQLite): its connections closed, their threads ended.
-            rt.block_on(store.close());
+            // The writer's own pool (SQLite): its connections closed, their threads ended
+            // (bounded: a connection never handed back must not keep the report waiting).
+            if let Some(pool) = own_pool {
+                let close = tokio::time::timeout(Duration::from_secs(5), pool.close());
+                if rt.block_on(close).is_err() {
+                    tracing::warn!("the storage writer's SQLite connections did not close in 5 s");
+                }
+            }
             let _ = done_tx.send(r);
         })
         .map_err(|e| Error::Invalid(format!("writer thread: {e}")))?;
