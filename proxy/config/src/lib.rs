@@ -307,9 +307,10 @@ pub struct StorageConfig {
     /// committed). With `durable`, `fsync = "always"` extends the promise to power loss.
     pub acknowledge: AckPolicy,
     /// Nice levels the writer thread (and, with SQLite, the threads running its statements)
-    /// runs below the sessions (Linux; 0..=19, 0 = same priority). Its work comes in one burst per `flush_interval`; at a lower priority the
-    /// scheduler lets sessions preempt it, so storage does not delay miners' replies, while
-    /// it still gets a share of a busy CPU (10: about a tenth of a contended core).
+    /// runs below the sessions (Linux; 0..=19, 0 = same priority). Its work comes in one
+    /// burst per `flush_interval`; at a lower priority the scheduler lets sessions preempt it,
+    /// so storage does not delay miners' replies, while it still gets a share of a busy CPU
+    /// (10: about a tenth of a contended core).
     pub writer_nice: u8,
 }
 

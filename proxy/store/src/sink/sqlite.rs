@@ -88,9 +88,9 @@ impl Sink {
         // Shares: one INSERT reading the whole batch from one JSON parameter. The statement's
         // text never changes, so it is prepared once per connection, and a batch is one
         // round trip to SQLite's thread whatever its size (a multi-row VALUES list would be
-        // a new statement for every batch size).
-        // In the share key's order (worker, then time; stable, so of two rows with one key the
-        // first still wins): each row's place in that index is then next to the last one's.
+        // a new statement for every batch size). The rows go in the share key's order
+        // (worker, then time; stable, so of two rows with one key the first still wins): each
+        // row's place in that index is then next to the last one's.
         let mut shares: Vec<(Uuid, &ShareRecord)> = records
             .iter()
             .filter_map(|r| match r {
@@ -99,11 +99,10 @@ impl Sink {
             })
             .collect();
         shares.sort_by_key(|(w, s)| (*w, s.at_us));
+        let count = shares.len() as u64;
         let mut rows = Vec::new();
-        let mut count = 0u64;
         for (w, s) in shares {
             push_share_row(&mut rows, s, &w)?;
-            count += 1;
             let e = activity.entry(w).or_insert(s.at_us);
             *e = (*e).max(s.at_us);
         }
