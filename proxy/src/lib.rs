@@ -16,6 +16,25 @@
 //!   [`tls`]: the listener's reloadable certificate, pool certificate checks, TLS counters.
 //! - [`demo`]: the self-contained demo (local pool simulator and hashing miners).
 
+/// An enum of label values: each variant with its label, `ALL` in declaration order (a
+/// counter array indexed by `variant as usize` has `ALL.len()` slots) and `as_str`.
+macro_rules! labelled {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vdoc])* $variant,)* }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$($name::$variant,)*];
+
+            /// Its label value (`reason`, `transport`) on its counter.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $label,)* }
+            }
+        }
+    };
+}
+
 pub mod api;
 pub mod clock;
 pub mod context;

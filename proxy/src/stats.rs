@@ -48,33 +48,21 @@ pub struct Stats {
     /// From a pool job arriving to its notify written to a miner, in seconds (fan-out).
     pub notify_delay: Histogram,
     /// Connections opened, by transport ([`Transport`] order).
-    connections_by_transport: [AtomicU64; 3],
+    connections_by_transport: [AtomicU64; Transport::ALL.len()],
     /// TLS handshakes, failures and certificate reloads (the upstream tasks hold it too).
     pub tls: Arc<crate::tls::TlsCounters>,
     workers: Mutex<Workers>,
 }
 
-/// How a miner's connection reached the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// The plain Stratum port.
-    Tcp,
-    /// The TLS port.
-    Tls,
-    /// The API's WebSocket `/stratum`.
-    WebSocket,
-}
-
-impl Transport {
-    pub const ALL: [Transport; 3] = [Transport::Tcp, Transport::Tls, Transport::WebSocket];
-
-    /// The `transport` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-            Transport::WebSocket => "websocket",
-        }
+labelled! {
+    /// How a miner's connection reached the proxy (the `transport` label).
+    Transport {
+        /// The plain Stratum port.
+        Tcp => "tcp",
+        /// The TLS port.
+        Tls => "tls",
+        /// The API's WebSocket `/stratum`.
+        WebSocket => "websocket",
     }
 }
 

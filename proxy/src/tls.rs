@@ -377,23 +377,6 @@ pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
     e.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
-macro_rules! labelled {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal,)* }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name { $($(#[$vdoc])* $variant,)* }
-
-        impl $name {
-            pub const ALL: &[$name] = &[$($name::$variant,)*];
-
-            /// The `reason` label of its counter.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $label,)* }
-            }
-        }
-    };
-}
-
 labelled! {
     /// Why a miner's connection to the TLS port ended before its handshake completed.
     MinerFailure {

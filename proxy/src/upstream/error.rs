@@ -50,48 +50,19 @@ pub enum UpstreamError {
     NoJob(Duration),
 }
 
-/// A failure's kind: the `reason` label of `loka_stratum_upstream_failures`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    Connect,
-    Tls,
-    Handshake,
-    Refused,
-    Io,
-    Closed,
-    Protocol,
-    Extranonce,
-    Rejects,
-    NoJob,
-}
-
-impl FailureKind {
-    pub const ALL: [FailureKind; 10] = [
-        Self::Connect,
-        Self::Tls,
-        Self::Handshake,
-        Self::Refused,
-        Self::Io,
-        Self::Closed,
-        Self::Protocol,
-        Self::Extranonce,
-        Self::Rejects,
-        Self::NoJob,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Tls => "tls",
-            Self::Handshake => "handshake_timeout",
-            Self::Refused => "refused",
-            Self::Io => "io",
-            Self::Closed => "closed",
-            Self::Protocol => "protocol",
-            Self::Extranonce => "extranonce",
-            Self::Rejects => "rejects",
-            Self::NoJob => "no_job",
-        }
+labelled! {
+    /// A failure's kind: the `reason` label of `loka_stratum_upstream_failures`.
+    FailureKind {
+        Connect => "connect",
+        Tls => "tls",
+        Handshake => "handshake_timeout",
+        Refused => "refused",
+        Io => "io",
+        Closed => "closed",
+        Protocol => "protocol",
+        Extranonce => "extranonce",
+        Rejects => "rejects",
+        NoJob => "no_job",
     }
 }
 
