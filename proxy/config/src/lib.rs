@@ -249,13 +249,8 @@ impl PoolConfig {
 /// A SHA-256 fingerprint written as 64 hex digits, with or without colons between bytes.
 pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
     let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
-    if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(digits, &mut out).ok()?;
     Some(out)
 }
 
