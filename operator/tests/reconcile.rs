@@ -151,6 +151,13 @@ fn ready_deployment_status() -> Value {
            "availableReplicas": 1, "updatedReplicas": 1})
 }
 
+/// A reconcile's requests up to its status write: the pool read, then [`apply_steps`].
+fn reconcile_steps(proxy: &StratumProxy, pool: &StratumPool, sm: bool) -> Vec<Step> {
+    let mut steps = vec![step(Method::GET, POOL).reply(StatusCode::OK, pool_json(pool))];
+    steps.extend(apply_steps(proxy, pool, sm));
+    steps
+}
+
 /// The apply requests for a valid fixture, bodies exactly the built objects.
 fn apply_steps(proxy: &StratumProxy, pool: &StratumPool, sm: bool) -> Vec<Step> {
     let config = validate(proxy, pool).unwrap();
@@ -210,8 +217,7 @@ fn pool_json(pool: &StratumPool) -> Value {
 /// First reconcile of a valid proxy: get pool, apply everything, write status, publish Ready.
 async fn first_reconcile(proxy: StratumProxy, pool: StratumPool) -> Value {
     let (ctx, handle) = context(false);
-    let mut steps = vec![step(Method::GET, POOL).reply(StatusCode::OK, pool_json(&pool))];
-    steps.extend(apply_steps(&proxy, &pool, false));
+    let mut steps = reconcile_steps(&proxy, &pool, false);
     steps.push(
         step(Method::PATCH, format!("{PROXY_STATUS}{SSA}"))
             .status_of(v(&proxy))
@@ -261,8 +267,7 @@ async fn unchanged_world_writes_no_status() {
     let status = first_reconcile(proxy.clone(), pool.clone()).await;
     proxy.status = Some(serde_json::from_value(status).unwrap());
     let (ctx, handle) = context(false);
-    let mut steps = vec![step(Method::GET, POOL).reply(StatusCode::OK, pool_json(&pool))];
-    steps.extend(apply_steps(&proxy, &pool, false));
+    let steps = reconcile_steps(&proxy, &pool, false);
     let server = tokio::spawn(serve(handle, steps));
     reconcile_proxy(Arc::new(proxy), ctx).await.unwrap();
     server.await.unwrap();
@@ -382,8 +387,7 @@ async fn invalid_spec_sets_a_condition_and_applies_nothing() {
 async fn service_monitor_applied_when_the_api_exists() {
     let (proxy, pool) = fixture("full");
     let (ctx, handle) = context(true);
-    let mut steps = vec![step(Method::GET, POOL).reply(StatusCode::OK, pool_json(&pool))];
-    steps.extend(apply_steps(&proxy, &pool, true));
+    let mut steps = reconcile_steps(&proxy, &pool, true);
     steps.push(step(Method::PATCH, format!("{PROXY_STATUS}{SSA}")).status_of(v(&proxy)));
     steps.push(step(Method::POST, EVENTS));
     let server = tokio::spawn(serve(handle, steps));
@@ -649,8 +653,7 @@ async fn a_renewed_certificate_rolls_nothing() {
     let deployment_body = |bodies: &[Value]| bodies[2].clone();
     // First reconcile: applies everything, writes the status, publishes Ready.
     let (ctx, handle) = context(false);
-    let mut steps = vec![step(Method::GET, POOL).reply(StatusCode::OK, pool_json(&pool))];
-    steps.extend(apply_steps(&proxy, &pool, false));
+    let mut steps = reconcile_steps(&proxy, &pool, false);
     steps.push(
         step(Method::PATCH, format!("{PROXY_STATUS}{SSA}"))
             .status_of(v(&proxy))
@@ -678,8 +681,7 @@ async fn a_renewed_certificate_rolls_nothing() {
     // The certificate is renewed in the Secret `edge-tls`; the next reconcile (resync, or any
     // other trigger) makes the same requests and nothing more.
     let (ctx, handle) = context(false);
-    let mut steps = vec![step(Method::GET, POOL).reply(StatusCode::OK, pool_json(&pool))];
-    steps.extend(apply_steps(&proxy, &pool, false));
+    let steps = reconcile_steps(&proxy, &pool, false);
     let server = tokio::spawn(serve(handle, steps));
     reconcile_proxy(Arc::new(proxy), ctx).await.unwrap();
     let (bodies, _) = server.await.unwrap();
