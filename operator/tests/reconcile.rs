@@ -214,45 +214,64 @@ fn pool_json(pool: &StratumPool) -> Value {
     serde_json::to_value(pool).unwrap()
 }
 
-/// First reconcile of a valid proxy: get pool, apply everything, write status, publish Ready.
+/// First reconcile of the basic fixture: get pool, apply everything, write status, publish
+/// Ready; the status written.
 async fn first_reconcile(proxy: StratumProxy, pool: StratumPool) -> Value {
+    let (action, bodies) = first_reconcile_checking(
+        proxy,
+        pool,
+        |b| {
+            assert_eq!(b["apiVersion"], "loka.io/v1alpha1");
+            assert_eq!(b["kind"], "StratumProxy");
+            let conds = b["status"]["conditions"].as_array().unwrap();
+            let ready = conds.iter().find(|c| c["type"] == "Ready").unwrap();
+            assert_eq!(ready["status"], "True");
+            assert_eq!(ready["reason"], "ProxiesReady");
+            assert_eq!(ready["lastTransitionTime"], "2026-01-01T00:00:00Z");
+            assert_eq!(b["status"]["observedGeneration"], 1);
+            assert_eq!(b["status"]["readyReplicas"], 1);
+            assert_eq!(
+                b["status"]["selector"],
+                "app.kubernetes.io/instance=edge,app.kubernetes.io/name=loka-proxy"
+            );
+            assert_eq!(
+                b["status"]["endpoints"][0]["url"],
+                "stratum+tcp://edge.mining.svc:3333"
+            );
+        },
+        |b| {
+            assert_eq!(b["reason"], "ProxiesReady");
+            assert_eq!(b["type"], "Normal");
+            assert_eq!(b["regarding"]["kind"], "StratumProxy");
+            assert_eq!(b["regarding"]["name"], "edge");
+            assert_eq!(b["reportingController"], "loka-operator");
+        },
+    )
+    .await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    bodies[bodies.len() - 2]["status"].clone()
+}
+
+/// First reconcile of a valid proxy: get pool, apply everything, write status (checked by
+/// `status`), publish an event (checked by `event`); what it asks for next and the bodies of
+/// the requests, in order.
+async fn first_reconcile_checking(
+    proxy: StratumProxy,
+    pool: StratumPool,
+    status: fn(&Value),
+    event: fn(&Value),
+) -> (Action, Vec<Value>) {
     let (ctx, handle) = context(false);
     let mut steps = reconcile_steps(&proxy, &pool, false);
     steps.push(
         step(Method::PATCH, format!("{PROXY_STATUS}{SSA}"))
             .status_of(v(&proxy))
-            .check(|b| {
-                assert_eq!(b["apiVersion"], "loka.io/v1alpha1");
-                assert_eq!(b["kind"], "StratumProxy");
-                let conds = b["status"]["conditions"].as_array().unwrap();
-                let ready = conds.iter().find(|c| c["type"] == "Ready").unwrap();
-                assert_eq!(ready["status"], "True");
-                assert_eq!(ready["reason"], "ProxiesReady");
-                assert_eq!(ready["lastTransitionTime"], "2026-01-01T00:00:00Z");
-                assert_eq!(b["status"]["observedGeneration"], 1);
-                assert_eq!(b["status"]["readyReplicas"], 1);
-                assert_eq!(
-                    b["status"]["selector"],
-                    "app.kubernetes.io/instance=edge,app.kubernetes.io/name=loka-proxy"
-                );
-                assert_eq!(
-                    b["status"]["endpoints"][0]["url"],
-                    "stratum+tcp://edge.mining.svc:3333"
-                );
-            }),
+            .check(status),
     );
-    steps.push(step(Method::POST, EVENTS).check(|b| {
-        assert_eq!(b["reason"], "ProxiesReady");
-        assert_eq!(b["type"], "Normal");
-        assert_eq!(b["regarding"]["kind"], "StratumProxy");
-        assert_eq!(b["regarding"]["name"], "edge");
-        assert_eq!(b["reportingController"], "loka-operator");
-    }));
+    steps.push(step(Method::POST, EVENTS).check(event));
     let server = tokio::spawn(serve(handle, steps));
     let action = reconcile_proxy(Arc::new(proxy), ctx).await.unwrap();
-    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    let (bodies, _) = server.await.unwrap();
-    bodies[bodies.len() - 2]["status"].clone()
+    (action, server.await.unwrap().0)
 }
 
 #[tokio::test]
@@ -652,28 +671,24 @@ async fn a_renewed_certificate_rolls_nothing() {
     assert!(proxy.spec.tls.is_some());
     let deployment_body = |bodies: &[Value]| bodies[2].clone();
     // First reconcile: applies everything, writes the status, publishes Ready.
-    let (ctx, handle) = context(false);
-    let mut steps = reconcile_steps(&proxy, &pool, false);
-    steps.push(
-        step(Method::PATCH, format!("{PROXY_STATUS}{SSA}"))
-            .status_of(v(&proxy))
-            .check(|b| {
-                let urls: Vec<&str> = b["status"]["endpoints"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| e["url"].as_str().unwrap())
-                    .collect();
-                assert!(
-                    urls.contains(&"stratum+ssl://edge.mining.svc:3335"),
-                    "{urls:?}"
-                );
-            }),
-    );
-    steps.push(step(Method::POST, EVENTS));
-    let server = tokio::spawn(serve(handle, steps));
-    reconcile_proxy(Arc::new(proxy.clone()), ctx).await.unwrap();
-    let (bodies, _) = server.await.unwrap();
+    let (_, bodies) = first_reconcile_checking(
+        proxy.clone(),
+        pool.clone(),
+        |b| {
+            let urls: Vec<&str> = b["status"]["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["url"].as_str().unwrap())
+                .collect();
+            assert!(
+                urls.contains(&"stratum+ssl://edge.mining.svc:3335"),
+                "{urls:?}"
+            );
+        },
+        |_| {},
+    )
+    .await;
     let first = deployment_body(&bodies);
     proxy.status =
         Some(serde_json::from_value(bodies[bodies.len() - 2]["status"].clone()).unwrap());
