@@ -497,9 +497,8 @@ fn measure_hash_speed() -> f64 {
 async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
     let duration = Duration::from_secs_f64(args.duration.unwrap_or(10.0).max(0.0));
     let n = args.connections;
-    let burst = f64::from(args.burst.max(1));
     let interval = (args.rate > 0.0 && !args.hold)
-        .then(|| Duration::from_secs_f64(n as f64 * burst / args.rate));
+        .then(|| Duration::from_secs_f64(n as f64 * f64::from(args.burst) / args.rate));
     let capacity_hps = measure_hash_speed() * threads as f64;
     let tls = match &args.tls_ca {
         None => None,
@@ -840,10 +839,15 @@ where
                     ctx.missed_slots.fetch_add(missed, Ordering::Relaxed);
                     next_submit += iv.mul_f64(missed as f64);
                 }
+                // `run` refused --burst 0. The first line is taken as it is (no copy at --burst 1).
                 let mut lines = String::new();
-                for _ in 0..ctx.args.burst.max(1) {
+                for _ in 0..ctx.args.burst {
                     if let Some(line) = find_share_line(ctx, &mut st, &user).await {
-                        lines.push_str(&line);
+                        if lines.is_empty() {
+                            lines = line;
+                        } else {
+                            lines.push_str(&line);
+                        }
                     }
                 }
                 if !lines.is_empty() {
