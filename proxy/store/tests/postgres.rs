@@ -8,7 +8,7 @@ use common::*;
 use loka_store::accounting::{Method, NewEarning};
 use loka_store::events::Event;
 use loka_store::record::{Record, Recorder};
-use loka_store::sink::{Sink, SinkOptions};
+use loka_store::sink::{ACTIVITY_EVERY_US, Sink, SinkOptions};
 use loka_store::{Backend, Store, WriterOptions, spawn_writer};
 use loka_test_support::fresh_pg_database;
 use sqlx::PgPool;
@@ -750,8 +750,8 @@ async fn a_batch_does_not_wait_for_a_locked_miner_or_worker_row() {
     ] {
         sqlx::query(lock).execute(&mut *other).await.unwrap();
     }
-    // 6 s on, both workers' activity is due again.
-    let t1 = t0 + Duration::from_secs(6);
+    // Past the activity interval, both workers' activity is due again.
+    let t1 = t0 + Duration::from_micros(ACTIVITY_EVERY_US as u64) + Duration::from_secs(1);
     let second = batch(t1, 20, &["alice.rig1", "alice.rig2"]);
     let o = tokio::time::timeout(Duration::from_secs(10), sink.write(&second))
         .await

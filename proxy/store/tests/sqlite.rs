@@ -5,6 +5,8 @@ mod common;
 
 use common::*;
 use loka_store::accounting::{Method, NewEarning};
+use loka_store::record::Recorder;
+use loka_store::sink::{Sink, SinkOptions};
 use loka_store::{Backend, Store, WriterOptions, spawn_writer};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -236,7 +238,7 @@ async fn shares_are_stored_column_for_column_and_activity_follows_the_newest() {
         }
         tx.send(e).await.unwrap();
     }
-    // The newest share of each worker, 10 s after the rest (past the 5 s activity interval).
+    // The newest share of each worker, 70 s after the rest (past the 60 s activity interval).
     for (k, w) in workers.iter().enumerate() {
         n += 1;
         tx.send(share_at(
@@ -245,7 +247,7 @@ async fn shares_are_stored_column_for_column_and_activity_follows_the_newest() {
             n,
             true,
             "1",
-            start + Duration::from_secs(10 + k as u64),
+            start + Duration::from_secs(70 + k as u64),
         ))
         .await
         .unwrap();
@@ -319,13 +321,13 @@ async fn shares_are_stored_column_for_column_and_activity_follows_the_newest() {
         vec![
             (
                 "alice.rig1".into(),
-                Some("2025-06-15 15:06:50.123456".into())
+                Some("2025-06-15 15:07:50.123456".into())
             ),
             (
                 "alice.rig2".into(),
-                Some("2025-06-15 15:06:51.123456".into())
+                Some("2025-06-15 15:07:51.123456".into())
             ),
-            ("bob.rig1".into(), Some("2025-06-15 15:06:52.123456".into())),
+            ("bob.rig1".into(), Some("2025-06-15 15:07:52.123456".into())),
         ]
     );
     let seen: Vec<(String, Option<String>)> =
@@ -336,8 +338,8 @@ async fn shares_are_stored_column_for_column_and_activity_follows_the_newest() {
     assert_eq!(
         seen,
         vec![
-            ("alice".into(), Some("2025-06-15 15:06:51.123456".into())),
-            ("bob".into(), Some("2025-06-15 15:06:52.123456".into())),
+            ("alice".into(), Some("2025-06-15 15:07:51.123456".into())),
+            ("bob".into(), Some("2025-06-15 15:07:52.123456".into())),
         ]
     );
 }
@@ -466,4 +468,53 @@ async fn the_writer_thread_runs_at_a_lower_priority() {
         .await,
         "the writer's SQLite threads end with it"
     );
+}
+
+/// A worker's `last_activity` and its miner's `last_seen` move at most once a minute: each
+/// move rewrites two rows and their places in two indexes, four pages against the share's
+/// one. A batch 30 s after the last move leaves both where they were; one past the minute
+/// moves both to its newest share.
+#[tokio::test]
+async fn activity_moves_at_most_once_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _cfg) = open(dir.path()).await;
+    let mut sink = Sink::new(
+        store.clone(),
+        SinkOptions {
+            run_migrations: false,
+            pools: pools(),
+            partitions_ahead: 1,
+            retention_months: 0,
+            maintenance_every: Duration::from_secs(3600),
+        },
+    );
+    let mut rec = Recorder::new("main");
+    let seen = async || -> (String, String) {
+        sqlx::query_as(
+            "SELECT w.last_activity, m.last_seen FROM workers w JOIN miners m ON m.id = w.miner_id \
+             WHERE w.worker_name = 'alice.rig1'",
+        )
+        .fetch_one(store.sqlite().unwrap())
+        .await
+        .unwrap()
+    };
+    let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000 + secs);
+    let first = "2025-06-15 15:06:40.000000".to_string();
+    for (nonce, secs, expected) in [
+        (1, 0, first.clone()),
+        (2, 30, first.clone()),
+        (3, 59, first.clone()),
+        (4, 61, "2025-06-15 15:07:41.000000".to_string()),
+    ] {
+        let r = rec
+            .record(share_at("alice.rig1", "main", nonce, true, "1", at(secs)))
+            .unwrap();
+        let o = sink.write(std::slice::from_ref(&r)).await.unwrap();
+        assert_eq!(o.inserted, 1);
+        assert_eq!(
+            seen().await,
+            (expected.clone(), expected),
+            "after the share at +{secs} s"
+        );
+    }
 }
