@@ -8,7 +8,8 @@
 # handshake time, and submit latency and CPU per share at 1,000 miners x 10 shares/s.
 # profile: perf (Debian linux-perf) records the proxy under 10,000 miners; prints self time
 # by function and by thread; PROFILE_KEEP=<file> keeps perf.data for `perf report -i <file>`;
-# PROFILE_LOAD=throughput: 1,000 connections at 20,000 shares/s (0.1 % forwarded, storage off).
+# PROFILE_LOAD=throughput: 1,000 connections at 20,000 shares/s (0.1 % forwarded, storage off);
+# PROFILE_RATE (shares/s of the farm load, 2000: 0.2 per miner; 10000 for 1 per miner).
 # soak: 10,000 miners (SOAK_MINERS) at 0.2 shares/s for 600 s (SOAK_SECONDS); RSS, CPU and the
 # proxy's error counters every 30 s, and the RSS slope from a quarter of the run on.
 # heap: dhat (the proxy built with --features dhat-heap) under 10,000 miners (HEAP_MINERS) at
@@ -672,8 +673,8 @@ profile() { # where the proxy's CPU goes: 10,000 miners at 0.2 shares/s each, st
   else
     start_pool 13336 0.000000001 5
     start_proxy 13336 0.000000001 true embedded
-    "$B" --target 127.0.0.1:13333 --connections 10000 --rate 2000 --processes 2 --ramp 10 --duration 45 >"$work/profile.json" 2>/dev/null &
-    label="profile load: 10,000 miners at 2,000 shares/s, storage on (SQLite)"
+    "$B" --target 127.0.0.1:13333 --connections 10000 --rate "${PROFILE_RATE:-2000}" --processes 2 --ramp 10 --duration 45 >"$work/profile.json" 2>/dev/null &
+    label="profile load: 10,000 miners at ${PROFILE_RATE:-2000} shares/s, storage on (SQLite)"
   fi
   local b=$!
   sleep "${PROFILE_WARMUP:-15}"
