@@ -68,11 +68,18 @@ fn main() {
             .collect();
         let pool: Arc<str> = Arc::from("main");
         let now = SystemTime::now();
+        // Each share is timed where the steady schedule below sends it (1 µs apart when all
+        // go at once), so per-worker time (the activity interval) passes as in a farm.
+        let spacing_us = if rate == 0 {
+            1
+        } else {
+            (1_000_000 / u64::from(rate)).max(1)
+        };
         let events: Vec<Event> = (0..shares)
             .map(|i| {
                 let accepted = i % 50 != 0;
                 Event::Share(ShareEvent {
-                    at: now + Duration::from_micros(u64::from(i)),
+                    at: now + Duration::from_micros(u64::from(i) * spacing_us),
                     connection_id: u64::from(i % workers),
                     worker: names[(i % workers) as usize].clone(),
                     pool: pool.clone(),
