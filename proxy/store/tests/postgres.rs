@@ -8,7 +8,7 @@ use common::*;
 use loka_store::accounting::{Method, NewEarning};
 use loka_store::events::Event;
 use loka_store::record::{Record, Recorder};
-use loka_store::sink::{ACTIVITY_EVERY_US, Sink, SinkOptions};
+use loka_store::sink::ACTIVITY_EVERY_US;
 use loka_store::{Backend, Store, WriterOptions, spawn_writer};
 use loka_test_support::fresh_pg_database;
 use sqlx::PgPool;
@@ -667,20 +667,6 @@ async fn every_column_survives_the_copy_path_byte_for_byte() {
             at(i)
         );
     }
-}
-
-/// A sink as the writer makes it, on a migrated store.
-fn sink(store: &Store) -> Sink {
-    Sink::new(
-        store.clone(),
-        SinkOptions {
-            run_migrations: false,
-            pools: pools(),
-            partitions_ahead: 1,
-            retention_months: 0,
-            maintenance_every: Duration::from_secs(3600),
-        },
-    )
 }
 
 /// A transaction that rolls back must not leave ids behind in the sink's cache. Here a

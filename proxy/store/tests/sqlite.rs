@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use loka_store::accounting::{Method, NewEarning};
 use loka_store::record::Recorder;
-use loka_store::sink::{Sink, SinkOptions};
 use loka_store::{Backend, Store, WriterOptions, spawn_writer};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -478,16 +477,7 @@ async fn the_writer_thread_runs_at_a_lower_priority() {
 async fn activity_moves_at_most_once_a_minute() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _cfg) = open(dir.path()).await;
-    let mut sink = Sink::new(
-        store.clone(),
-        SinkOptions {
-            run_migrations: false,
-            pools: pools(),
-            partitions_ahead: 1,
-            retention_months: 0,
-            maintenance_every: Duration::from_secs(3600),
-        },
-    );
+    let mut sink = sink(&store);
     let mut rec = Recorder::new("main");
     let seen = async || -> (String, String) {
         sqlx::query_as(

@@ -3,6 +3,7 @@
 
 use loka_store::compact_str::format_compact;
 use loka_store::events::{ConnectionEvent, Event, ShareEvent};
+use loka_store::sink::{Sink, SinkOptions};
 use loka_store::{PoolInfo, Store, StoreHandle, WriterOptions, spawn_writer};
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -126,4 +127,18 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A sink as the writer makes it, on a migrated store.
+pub fn sink(store: &Store) -> Sink {
+    Sink::new(
+        store.clone(),
+        SinkOptions {
+            run_migrations: false,
+            pools: pools(),
+            partitions_ahead: 1,
+            retention_months: 0,
+            maintenance_every: Duration::from_secs(3600),
+        },
+    )
 }
