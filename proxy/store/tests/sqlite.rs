@@ -508,3 +508,33 @@ async fn activity_moves_at_most_once_a_minute() {
         );
     }
 }
+
+/// A batch is stored whole and a share replayed within it is counted once as a duplicate;
+/// a replay of part of a stored batch stores nothing and counts every row as a duplicate.
+#[tokio::test]
+async fn a_batch_is_stored_whole_and_its_replayed_shares_counted_as_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _cfg) = open(dir.path()).await;
+    let mut sink = sink(&store);
+    let mut rec = Recorder::new("main");
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+    let mut batch: Vec<_> = (0..700u32)
+        .map(|i| {
+            let worker = ["alice.rig1", "alice.rig2", "bob.rig1"][i as usize % 3];
+            let at = start + Duration::from_millis(u64::from(i));
+            rec.record(share_at(worker, "main", i, true, "1", at))
+                .unwrap()
+        })
+        .collect();
+    // Share 299 again (a replay): it sorts right behind the original.
+    batch.push(batch[299].clone());
+    let o = sink.write(&batch).await.unwrap();
+    assert_eq!((o.inserted, o.duplicates), (700, 1));
+    assert_eq!(store.count_submissions().await.unwrap(), 700);
+    let o = sink.write(&batch[..300]).await.unwrap();
+    assert_eq!(
+        (o.inserted, o.duplicates),
+        (0, 300),
+        "a replay of 300 stores nothing"
+    );
+}
