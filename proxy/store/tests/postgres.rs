@@ -9,7 +9,7 @@ use loka_store::accounting::{Method, NewEarning};
 use loka_store::events::Event;
 use loka_store::record::{Record, Recorder};
 use loka_store::sink::ACTIVITY_EVERY_US;
-use loka_store::{Backend, Store, WriterOptions, spawn_writer};
+use loka_store::{Backend, Store, WriterOptions};
 use loka_test_support::fresh_pg_database;
 use sqlx::PgPool;
 use std::time::{Duration, SystemTime};
@@ -518,28 +518,18 @@ type StoredShare = (
     chrono::DateTime<chrono::Utc>,
 );
 
-/// A writer started with the database known to be up (the proxy has just migrated it) writes
-/// its first shares directly; one started without that knowledge spools them until its first
-/// write succeeds. Both store every share exactly once.
 /// On its own thread the writer uses the shared pool with PostgreSQL (its statements run in
 /// the server, not on a thread of ours), and its end leaves that pool open for the API's reads.
 #[tokio::test]
 async fn a_writer_on_its_own_thread_leaves_the_shared_pool_open_when_it_ends() {
-    let (store, _pg) = migrated().await;
+    let (migrated, _pg) = migrated().await;
     let spool = tempfile::tempdir().unwrap();
-    let cfg = loka_test_support::storage_config(&store_url(&store), spool.path());
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let handle = spawn_writer(
-        store.clone(),
-        rx,
-        WriterOptions {
-            dedicated_thread: true,
-            database_ready: true,
-            ..WriterOptions::from_config(&cfg, &pools())
-        },
-        16,
-    )
-    .unwrap();
+    let (store, handle, tx) = writer_with(&store_url(&migrated), spool.path(), |o| WriterOptions {
+        dedicated_thread: true,
+        database_ready: true,
+        ..o
+    })
+    .await;
     tx.send(share("erin.rig", "main", 1, true, "1"))
         .await
         .unwrap();
@@ -559,6 +549,9 @@ async fn a_writer_on_its_own_thread_leaves_the_shared_pool_open_when_it_ends() {
     );
 }
 
+/// A writer started with the database known to be up (the proxy has just migrated it) writes
+/// its first shares directly; one started without that knowledge spools them until its first
+/// write succeeds. Both store every share exactly once.
 #[tokio::test]
 async fn a_writer_that_starts_with_the_database_up_writes_its_first_shares_directly() {
     for ready in [false, true] {

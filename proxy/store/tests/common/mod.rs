@@ -94,6 +94,19 @@ pub async fn writer_ready(
     spool: &std::path::Path,
     database_ready: bool,
 ) -> (Store, StoreHandle, mpsc::Sender<Event>) {
+    writer_with(url, spool, |o| WriterOptions {
+        database_ready,
+        ..o
+    })
+    .await
+}
+
+/// [`writer`] with the options `options` makes of the configuration's.
+pub async fn writer_with(
+    url: &str,
+    spool: &std::path::Path,
+    options: impl FnOnce(WriterOptions) -> WriterOptions,
+) -> (Store, StoreHandle, mpsc::Sender<Event>) {
     let cfg = loka_test_support::storage_config(url, spool);
     let store = Store::open(&cfg).await.expect("store opens");
     store.upsert_pools(&pools()).await.unwrap();
@@ -101,10 +114,7 @@ pub async fn writer_ready(
     let handle = spawn_writer(
         store.clone(),
         rx,
-        WriterOptions {
-            database_ready,
-            ..WriterOptions::from_config(&cfg, &pools())
-        },
+        options(WriterOptions::from_config(&cfg, &pools())),
         cfg.queue_capacity,
     )
     .expect("writer starts");
