@@ -132,9 +132,11 @@ impl Store {
                 .foreign_keys(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                // A batch's INSERT may abort on a constraint, so SQLite keeps a statement
-                // journal of every page it changes (hundreds per batch at farm scale); in
-                // memory it is not written to a temporary file and read back.
+                // A statement inside a transaction that may abort on a constraint (a batch's
+                // activity updates, the accounting's) keeps a statement journal of the pages
+                // it changes; in memory it is not written to a temporary file and read back.
+                // The shares' INSERT, the one that changes hundreds of pages, runs outside a
+                // transaction and keeps none (sink/sqlite.rs).
                 .pragma("temp_store", "memory")
                 .busy_timeout(Duration::from_secs(5));
             Db::Sqlite(

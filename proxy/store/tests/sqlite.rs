@@ -538,3 +538,55 @@ async fn a_batch_is_stored_whole_and_its_replayed_shares_counted_as_duplicates()
         "a replay of 300 stores nothing"
     );
 }
+
+/// A share the database refuses (here a trigger refuses one nonce) is set aside as a dead
+/// letter; the rest of its batch, shares and connection records, is stored once.
+#[tokio::test]
+async fn a_refused_share_is_set_aside_and_the_rest_of_its_batch_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _cfg) = open(dir.path()).await;
+    let pool = store.sqlite().unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_one BEFORE INSERT ON submissions WHEN NEW.nonce = '00000002' \
+         BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let mut sink = sink(&store);
+    let mut rec = Recorder::new("main");
+    let batch: Vec<_> = [
+        authorized(7, "carol.rig1"),
+        share("alice.rig1", "main", 1, true, "1"),
+        share("bob.rig1", "main", 2, true, "1"),
+        share("carol.rig1", "main", 3, true, "2"),
+    ]
+    .into_iter()
+    .map(|e| rec.record(e).unwrap())
+    .collect();
+    let o = sink.write(&batch).await.unwrap();
+    assert!(o.retried);
+    assert_eq!(o.dead.len(), 1, "dead letters: {:?}", o.dead);
+    assert!(o.dead[0].contains("refused for the test"), "{:?}", o.dead);
+    assert_eq!((o.inserted, o.duplicates, o.lifecycle), (2, 0, 1));
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT w.worker_name, s.nonce FROM submissions s \
+         JOIN workers w ON w.id = s.worker_id ORDER BY s.nonce",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let expected = [("alice.rig1", "00000001"), ("carol.rig1", "00000003")];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(w, n)| (w.to_string(), n.to_string()))
+        .collect();
+    assert_eq!(stored, expected);
+    let carol: (bool, Option<i64>) = sqlx::query_as(
+        "SELECT active, connection_id FROM workers WHERE worker_name = 'carol.rig1'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(carol, (true, Some(7)));
+}

@@ -1,5 +1,16 @@
 //! Writing a batch to SQLite: the same steps as PostgreSQL; shares and activity each by one
 //! statement over the batch passed as JSON (`json_each`).
+//!
+//! A batch is three commits, not one: the workers and connection records, then the shares'
+//! INSERT alone (autocommit), then the activity. A statement inside a transaction that may
+//! abort on a constraint (the shares' CHECKs and foreign key) makes SQLite keep a statement
+//! journal: a copy of every page the statement changes, so that it can be undone without the
+//! transaction. A batch's shares change about one leaf of the worker-first share key per
+//! share (each worker's newest entries), 4 kB each, so at 10,000 shares/s that copy was
+//! megabytes per batch, all of it memory (`temp_store = memory`). A statement that is its
+//! own transaction is undone by the transaction's rollback and keeps no such copy. Each
+//! step is safe to repeat: a batch retried after the shares were committed finds them there
+//! and counts them as duplicates, as after a lost commit.
 
 use super::{Lite, Outcome, Sink, names, parse_id};
 use crate::db::{sqlite_time, utc};
@@ -37,7 +48,9 @@ impl Sink {
         pool: &sqlx::SqlitePool,
         records: &[Record],
     ) -> Result<Outcome> {
-        let mut tx = pool.begin().await?;
+        use sqlx::Connection as _;
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn.begin().await?;
         let mut out = Outcome::default();
         let mut ids: HashMap<(&str, &str), Uuid> = HashMap::default();
         for (p, w) in records.iter().filter_map(names) {
@@ -85,7 +98,8 @@ impl Sink {
                 Record::Share(_) => {}
             }
         }
-        // Shares: one INSERT reading the whole batch from one JSON parameter. The statement's
+        tx.commit().await?;
+        // Shares: outside any transaction (see the top of this file). One INSERT reading the whole batch from one JSON parameter. The statement's
         // text never changes, so it is prepared once per connection, and a batch is one
         // round trip to SQLite's thread whatever its size (a multi-row VALUES list would be
         // a new statement for every batch size). The rows go in the share key's order
@@ -120,7 +134,7 @@ impl Sink {
                  FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING",
             )
             .bind(rows)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
             out.inserted += n;
@@ -130,6 +144,7 @@ impl Sink {
         // batch in one statement for `workers` and one for `miners`.
         let due = self.due_activity(activity);
         if !due.is_empty() {
+            let mut tx = conn.begin().await?;
             let json = serde_json::Value::Array(
                 due.iter()
                     .map(|(w, at)| serde_json::json!([w.to_string(), sqlite_time(utc(*at))]))
@@ -154,8 +169,8 @@ impl Sink {
             .bind(&json)
             .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
         }
-        tx.commit().await?;
         for (w, t) in due {
             self.activity.insert(w, t);
         }
