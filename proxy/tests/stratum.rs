@@ -455,6 +455,48 @@ async fn vardiff_raises_a_fast_miner_without_rejecting_its_shares() {
     assert!(raised > 0.00000001, "{s:?}");
 }
 
+/// A miner that finds nothing at its difficulty is lowered at the retarget interval, though
+/// the pool's jobs (here every 200 ms, each a new notify to the miner) come more often than
+/// that interval: the session's retarget clock is not restarted by every message it sends.
+#[tokio::test]
+async fn vardiff_lowers_a_quiet_miner_while_jobs_keep_coming() {
+    let pool = pool_with(|c| c.with_difficulty("0.01").unwrap()).await;
+    let mut cfg = config(&[pool.addr()], Mode::Aggregate);
+    cfg.vardiff.enabled = true;
+    cfg.vardiff.initial_difficulty = "0.001".parse().unwrap();
+    cfg.vardiff.min_difficulty = "0.00000001".parse().unwrap();
+    cfg.vardiff.retarget_interval = std::time::Duration::from_secs(1);
+    let proxy = proxy(cfg).await;
+    let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+    c.set_timeout(std::time::Duration::from_millis(200));
+    c.subscribe("quiet/1.0", None).await.unwrap();
+    assert!(c.authorize("quiet.rig", "x").await.unwrap());
+    let started = std::time::Instant::now();
+    let mut difficulties = Vec::new();
+    let lowered = loop {
+        assert!(
+            started.elapsed() < WAIT,
+            "no lower difficulty in {WAIT:?}; sent: {difficulties:?}"
+        );
+        pool.new_job(false);
+        while let Ok(n) = c.next_notification().await {
+            if n.method == "mining.set_difficulty" {
+                difficulties.push(n.params[0].as_f64().unwrap());
+            }
+        }
+        if let Some(d) = difficulties.iter().copied().find(|d| *d < 0.001) {
+            break d;
+        }
+    };
+    assert_eq!(difficulties.first(), Some(&0.001), "{difficulties:?}");
+    assert!(lowered < 0.001);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "lowered only after {:?}",
+        started.elapsed()
+    );
+}
+
 /// Authorize is answered locally, so one connection's worker names are bounded: the 17th is
 /// refused and counted, and the ones it has keep working.
 #[tokio::test]

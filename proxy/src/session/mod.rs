@@ -200,7 +200,10 @@ impl Session {
             let drain = self.shared.drain.clone();
             let kick = self.shared.registry.kicks();
             tokio::pin!(kick);
-            let mut vardiff_tick = cfg.vardiff.retarget_interval;
+            // The vardiff check of a miner that sends nothing: an instant, kept across the
+            // loop's turns (every notify, reply or line is one; were it set from each turn,
+            // jobs coming more often than the interval would put it off for ever).
+            let mut tick_at = Instant::now() + cfg.vardiff.retarget_interval;
             drop(cfg);
             let mut unacked = VecDeque::new();
             let mut verdicts = FuturesUnordered::new();
@@ -214,7 +217,6 @@ impl Session {
                 } else {
                     handshake_deadline
                 };
-                let tick_at = Instant::now() + vardiff_tick;
                 let ticking = self.vardiff.is_some() && self.ready();
                 // One timer for the three instants (each a timer entry in every session's future).
                 let mut wake = deadline;
@@ -316,7 +318,7 @@ impl Session {
                                 self.change_difficulty(d);
                             }
                             self.update_wants();
-                            vardiff_tick = self.shared.config().vardiff.retarget_interval;
+                            tick_at = now + self.shared.config().vardiff.retarget_interval;
                         }
                     }
                 }
