@@ -83,8 +83,16 @@ impl Shared {
         upstream_settings.tls_counters = stats.tls.clone();
         let allocator = ExtranonceAllocator::new(config.mining.extranonce_prefix_size)?;
         let mode = config.mining.mode;
-        let upstream = (mode == Mode::Aggregate)
-            .then(|| crate::upstream::spawn(upstream_settings.clone(), shutdown.child_token()));
+        // One upstream for every miner: its jobs go out to all of them at once, and the
+        // share writer holds its batches meanwhile (passthrough sessions' own upstreams,
+        // one miner each, keep the template's hold, which nothing reads).
+        let upstream = (mode == Mode::Aggregate).then(|| {
+            let settings = UpstreamSettings {
+                write_hold: events.hold().clone(),
+                ..upstream_settings.clone()
+            };
+            crate::upstream::spawn(settings, shutdown.child_token())
+        });
         let registry = Registry::new(config.server.max_connections);
         Ok(Arc::new(Shared {
             version_mask: config.version_rolling_mask(),

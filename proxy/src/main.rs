@@ -130,7 +130,7 @@ async fn run(cfg: Config, reload: Option<loka_proxy::api::ReloadSource>) -> anyh
     } else {
         None
     };
-    let events = storage.as_ref().map(|(_, tx)| tx.clone());
+    let events = storage.as_ref().map(|(_, sink)| sink.clone());
     let proxy = loka_proxy::runtime::start(cfg, pools, events)
         .await
         .context("starting the proxy")?;

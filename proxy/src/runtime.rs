@@ -1,7 +1,7 @@
 //! Start and stop a whole proxy in-process: the binary, the demo and the tests all use this.
 
 use crate::context::Shared;
-use crate::events::{Event, EventSink};
+use crate::events::EventSink;
 use crate::listener::{serve, serve_tls, watch_certificate};
 use crate::stats::Stats;
 use crate::tls::CertificateFiles;
@@ -45,7 +45,7 @@ pub struct DrainReport {
 pub async fn start(
     cfg: Config,
     pools: Vec<PoolEndpoint>,
-    events: Option<mpsc::Sender<Event>>,
+    events: Option<EventSink>,
 ) -> anyhow::Result<ProxyHandle> {
     cfg.validate()?;
     let addr = format!("{}:{}", cfg.server.bind_address, cfg.server.port);
@@ -73,7 +73,7 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let settings = UpstreamSettings::from_config(&cfg, pools);
     let (sink, enabled) = match events {
-        Some(tx) => (EventSink::from_sender(tx), true),
+        Some(sink) => (sink, true),
         None => (EventSink::disabled(), false),
     };
     let shared = Shared::new(
@@ -170,8 +170,8 @@ impl ProxyHandle {
 /// it is reachable (migrations are retried before the first write).
 pub async fn start_storage(
     cfg: &Config,
-) -> anyhow::Result<(Arc<loka_store::StoreHandle>, mpsc::Sender<Event>)> {
-    use loka_store::{PoolInfo, Store, WriterOptions, spawn_writer};
+) -> anyhow::Result<(Arc<loka_store::StoreHandle>, EventSink)> {
+    use loka_store::{PoolInfo, Store, WriteHold, WriterOptions, spawn_writer};
     let s = &cfg.storage;
     let store = Store::connect_lazy(s).context("storage.database_url")?;
     let pools: Vec<PoolInfo> = cfg.pools.iter().map(PoolInfo::from).collect();
@@ -202,18 +202,20 @@ pub async fn start_storage(
         }
     };
     let (tx, rx) = mpsc::channel(s.queue_capacity);
+    let hold = WriteHold::default();
     let handle = spawn_writer(
         store,
         rx,
         WriterOptions {
             dedicated_thread: true,
             database_ready: ready,
+            hold: hold.clone(),
             ..WriterOptions::from_config(s, &pools)
         },
         s.queue_capacity,
     )
     .with_context(|| format!("opening the spool in {}", s.spool_path().display()))?;
-    Ok((Arc::new(handle), tx))
+    Ok((Arc::new(handle), EventSink::from_sender(tx).with_hold(hold)))
 }
 
 /// `loka-proxy earnings …`: record and distribute earnings; prints JSON.

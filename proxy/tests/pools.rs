@@ -7,13 +7,14 @@ mod common;
 
 use common::*;
 use loka_config::Mode;
-use loka_proxy::events::{Event, ShareEvent};
+use loka_proxy::events::{Event, EventSink, ShareEvent};
 use loka_proxy::runtime::start;
 use loka_proxy::upstream::resolve_pools;
 use loka_sim::client::StratumClient;
 use loka_sim::miner::{MinerConfig, MinerHandle, SimMiner};
 use loka_sim::pool::MockPoolConfig;
 use serde_json::json;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 fn rolling_miner(addr: std::net::SocketAddr, name: &str) -> MinerHandle {
@@ -221,7 +222,9 @@ async fn passthrough_shares_in_flight_when_the_pool_drops_get_one_reply_and_one_
     let cfg = config(&[pool.addr()], Mode::Passthrough);
     let (tx, mut events) = mpsc::channel(1024);
     let pools = resolve_pools(&cfg, |_| None).unwrap();
-    let proxy = start(cfg, pools, Some(tx)).await.unwrap();
+    let proxy = start(cfg, pools, Some(EventSink::from_sender(tx)))
+        .await
+        .unwrap();
     let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
     c.set_timeout(WAIT);
     let (en1, en2_size, job) = handshake(&mut c, "held.rig").await;
@@ -263,7 +266,9 @@ async fn passthrough_shares_of_a_miner_that_left_are_still_recorded_with_the_poo
     let cfg = config(&[pool.addr()], Mode::Passthrough);
     let (tx, mut events) = mpsc::channel(1024);
     let pools = resolve_pools(&cfg, |_| None).unwrap();
-    let proxy = start(cfg, pools, Some(tx)).await.unwrap();
+    let proxy = start(cfg, pools, Some(EventSink::from_sender(tx)))
+        .await
+        .unwrap();
     let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
     let (en1, en2_size, job) = handshake(&mut c, "gone.rig").await;
     let mut burst = String::new();
@@ -779,4 +784,42 @@ async fn a_new_pool_difficulty_reaches_miners_before_the_next_job() {
         m.stop();
         proxy.drain(std::time::Duration::from_secs(5)).await;
     }
+}
+
+/// Each job from the pool opens the share writer's hold (aggregate mode: the job goes out to
+/// every miner at once), and a session that has written the job to its miner touches it;
+/// the writer holds its batches until the sessions go quiet.
+#[tokio::test]
+async fn a_new_job_opens_the_write_hold_and_the_session_that_sends_it_touches_it() {
+    let pool = pool().await;
+    let mut cfg = config(&[pool.addr()], Mode::Aggregate);
+    let dir = embedded_store(&mut cfg, "write-hold");
+    let (proxy, store) = proxy_with_store(cfg).await;
+    let hold = proxy.shared.events.hold().clone();
+    let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+    c.set_timeout(WAIT);
+    handshake(&mut c, "hold.rig").await;
+    assert_eq!(
+        hold.touched_at(),
+        None,
+        "the first job of a session is not a fan-out"
+    );
+
+    let before = Instant::now();
+    pool.new_job(true);
+    c.wait_notification("mining.notify").await.unwrap();
+    let opened = hold.opened_at().expect("the job opened the hold");
+    assert!(opened + Duration::from_micros(1) >= before);
+    let deadline = Instant::now() + WAIT;
+    while hold.touched_at().is_none_or(|t| t < opened) {
+        assert!(
+            Instant::now() < deadline,
+            "the session never touched the hold"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(c);
+    proxy.drain(Duration::from_secs(2)).await;
+    store.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -330,6 +330,7 @@ impl Session {
                                     .stats
                                     .notify_delay
                                     .observe(t.elapsed().as_secs_f64());
+                                self.shared.events.hold().touch();
                             }
                         }
                         Ok(Err(e)) => self.close = Some(Close::Io(e.to_string())),

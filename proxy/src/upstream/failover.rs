@@ -536,6 +536,7 @@ impl Upstream {
             jobs.drain(..excess);
         }
         self.status.jobs_received.fetch_add(1, Relaxed);
+        self.s.write_hold.open();
         self.status
             .last_job_unix_ms
             .store(crate::clock::unix_ms(), Relaxed);

@@ -26,6 +26,9 @@ pub struct UpstreamSettings {
     pub tls_counters: Arc<TlsCounters>,
     /// Where each pool's last failure is kept (one for the proxy, shared by its tasks).
     pub pool_errors: Arc<PoolErrors>,
+    /// Opened at each new job: the share writer holds its batches while the job goes out to
+    /// every miner. Aggregate mode's upstream gets the writer's; one nobody reads otherwise.
+    pub write_hold: loka_store::WriteHold,
 }
 
 /// A pool that cannot be connected to as configured.
@@ -98,6 +101,7 @@ impl UpstreamSettings {
             forward_worker_names: cfg.mining.forward_worker_names,
             tls_counters: Arc::default(),
             pool_errors: Arc::default(),
+            write_hold: loka_store::WriteHold::default(),
         }
     }
 }

@@ -108,25 +108,40 @@ pub enum Delivered {
     Closed,
 }
 
-/// The sending side handed to every session.
+/// The sending side handed to every session, with the writer's hold (see
+/// [`crate::WriteHold`]: the proxy opens it while a job goes out to every miner).
 #[derive(Debug, Clone, Default)]
 pub struct EventSink {
     tx: Option<mpsc::Sender<Event>>,
+    hold: crate::WriteHold,
 }
 
 impl EventSink {
     pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx: Some(tx) }, rx)
+        (Self::from_sender(tx), rx)
     }
 
     pub fn from_sender(tx: mpsc::Sender<Event>) -> Self {
-        Self { tx: Some(tx) }
+        Self {
+            tx: Some(tx),
+            hold: crate::WriteHold::default(),
+        }
+    }
+
+    /// The same sink, with the hold its writer reads.
+    pub fn with_hold(self, hold: crate::WriteHold) -> Self {
+        Self { hold, ..self }
+    }
+
+    /// The writer's hold (one nobody reads when the sink was made from a bare sender).
+    pub fn hold(&self) -> &crate::WriteHold {
+        &self.hold
     }
 
     /// No consumer (events are only counted).
     pub fn disabled() -> Self {
-        Self { tx: None }
+        Self::default()
     }
 
     /// Hand an event over without waiting; `false` when the queue is full or closed.

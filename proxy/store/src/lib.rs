@@ -23,7 +23,9 @@ pub mod stats;
 pub mod writer;
 
 pub use db::{Backend, DatabaseHealth, MigrationStatus, PoolInfo, Store};
-pub use writer::{ShutdownReport, StoreHandle, StoreStatus, WriterOptions, spawn_writer};
+pub use writer::{
+    ShutdownReport, StoreHandle, StoreStatus, WriteHold, WriterOptions, spawn_writer,
+};
 pub use {chrono, compact_str, uuid};
 
 /// Everything that can go wrong in the store.

@@ -590,3 +590,114 @@ async fn a_refused_share_is_set_aside_and_the_rest_of_its_batch_stored() {
     .unwrap();
     assert_eq!(carol, (true, Some(7)));
 }
+
+/// While a job goes out to every miner (the hold open, sessions touching it), a due batch
+/// waits: it is written once the sessions have been quiet for the hold's quiet time, or
+/// when the hold reaches its cap however long they go on. (Times here are seconds, so a
+/// loaded machine's pauses between touches stay well inside them.)
+#[tokio::test]
+async fn the_writer_waits_while_a_job_goes_out_to_the_miners() {
+    use loka_store::WriteHold;
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cfg) = open(dir.path()).await;
+    let (quiet, cap) = (Duration::from_millis(1500), Duration::from_secs(4));
+    let hold = WriteHold::new(quiet, cap);
+    let (tx, rx) = mpsc::channel(16);
+    let handle = spawn_writer(
+        store,
+        rx,
+        WriterOptions {
+            hold: hold.clone(),
+            database_ready: true,
+            ..WriterOptions::from_config(&cfg, &pools())
+        },
+        16,
+    )
+    .unwrap();
+    let written = || handle.status().submissions_inserted;
+    // Touches the hold until `n` shares are written (or a minute has passed).
+    let touch_until_written = |n: u64| {
+        let hold = hold.clone();
+        let handle = &handle;
+        async move {
+            let t = Instant::now();
+            while handle.status().submissions_inserted < n && t.elapsed() < Duration::from_secs(60)
+            {
+                hold.touch();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // Quiet: sessions write for a second; the batch (due after the 100 ms flush interval)
+    // waits for them, then for the quiet time.
+    hold.open();
+    tx.send(share("a.1", "main", 1, true, "1")).await.unwrap();
+    let opened = Instant::now();
+    while opened.elapsed() < Duration::from_secs(1) {
+        hold.touch();
+        assert_eq!(
+            written(),
+            0,
+            "written {:?} into the fan-out",
+            opened.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last_touch = Instant::now();
+    hold.touch();
+    assert!(eventually(Duration::from_secs(10), || async { written() == 1 }).await);
+    let waited = last_touch.elapsed();
+    assert!(
+        waited >= quiet - Duration::from_millis(50),
+        "written {waited:?} after the last touch, before the quiet time"
+    );
+
+    // Cap: sessions never go quiet; the batch goes out at the cap.
+    hold.open();
+    let opened = Instant::now();
+    tx.send(share("a.1", "main", 2, true, "1")).await.unwrap();
+    touch_until_written(2).await;
+    let waited = opened.elapsed();
+    assert_eq!(written(), 2);
+    assert!(
+        waited >= cap - Duration::from_millis(50) && waited < cap + Duration::from_secs(5),
+        "written {waited:?} after the hold opened, cap {cap:?}"
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Under group commit sessions wait for their shares to be written: the hold keeps nothing
+/// back.
+#[tokio::test]
+async fn group_commit_writes_through_an_open_hold() {
+    use loka_store::WriteHold;
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cfg) = open(dir.path()).await;
+    let hold = WriteHold::new(Duration::from_secs(60), Duration::from_secs(60));
+    let (tx, rx) = mpsc::channel(16);
+    let handle = spawn_writer(
+        store,
+        rx,
+        WriterOptions {
+            hold: hold.clone(),
+            database_ready: true,
+            group_commit: true,
+            ..WriterOptions::from_config(&cfg, &pools())
+        },
+        16,
+    )
+    .unwrap();
+    hold.open();
+    tx.send(share("a.1", "main", 1, true, "1")).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            handle.status().submissions_inserted == 1
+        })
+        .await
+    );
+    assert!(hold.holds_until(Instant::now()).is_some(), "still open");
+    handle.shutdown(Duration::from_secs(5)).await;
+}

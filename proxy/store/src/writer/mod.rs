@@ -18,7 +18,10 @@
 //! This module holds the options, the handle and its status, and starts the writer on its
 //! own thread; `task` is the writer loop that follows the rules above.
 
+pub mod hold;
 mod task;
+
+pub use hold::WriteHold;
 
 use crate::db::Store;
 use crate::events::Event;
@@ -70,6 +73,10 @@ pub struct WriterOptions {
     /// writer starts out writing directly. Otherwise it spools whatever piles up before its
     /// first write succeeds, as it does while the database is away.
     pub database_ready: bool,
+    /// Opened by the proxy while it sends a new job to every miner: no direct write starts
+    /// until the sessions have gone quiet (see [`WriteHold`]; not under group commit, where
+    /// sessions wait for their writes).
+    pub hold: WriteHold,
 }
 
 impl WriterOptions {
@@ -98,6 +105,7 @@ impl WriterOptions {
             dedicated_thread: false,
             thread_nice: i32::from(cfg.writer_nice),
             database_ready: false,
+            hold: WriteHold::default(),
         }
     }
 }

@@ -69,6 +69,8 @@ pub(super) struct Writer {
     retry_at: Option<Instant>,
     /// Failed writes in a row, for the retry backoff (100 ms doubling to `max_backoff`).
     failures: u32,
+    /// The write hold kept a due batch back: when to look again.
+    held_until: Option<Instant>,
     pub(super) opts: WriterOptions,
 }
 
@@ -111,6 +113,7 @@ impl Writer {
             epoch: 0,
             retry_at: None,
             failures: 0,
+            held_until: None,
             opts,
         }
     }
@@ -151,6 +154,7 @@ impl Writer {
                     }
                 }
                 _ = tokio::time::sleep_until(take_at.into()), if !may_take => {}
+                _ = tokio::time::sleep_until(self.held_until.unwrap_or(take_at).into()), if self.held_until.is_some() => {}
                 _ = tick.tick() => {
                     if let Err(e) = self.spool.sync_if_due() {
                         self.spool_error(&e);
@@ -245,6 +249,7 @@ impl Writer {
 
     /// Start writes while sinks are idle; move old batches to the spool if they cannot go.
     fn schedule(&mut self) {
+        self.held_until = None;
         self.spool_slow_inflight();
         if self.degraded() && self.pending_due() {
             self.spool_pending();
@@ -281,6 +286,15 @@ impl Writer {
                 continue;
             }
             if !self.pending_due() || self.pending.is_empty() {
+                return;
+            }
+            // A job is going out to every miner: the batch waits for the sessions to finish
+            // (at most two batches' worth of it; sessions waiting on group commit never wait).
+            if !self.opts.group_commit
+                && self.pending.len() < 2 * self.opts.batch_size
+                && let Some(until) = self.opts.hold.holds_until(Instant::now())
+            {
+                self.held_until = Some(until);
                 return;
             }
             let (batch, range) = self.take_pending(self.pending.len().min(self.opts.batch_size));
@@ -526,6 +540,8 @@ impl Writer {
 
     async fn shutdown(mut self, deadline: Instant) -> ShutdownReport {
         self.rx.close();
+        // What is left goes out now, whatever the sessions are doing.
+        self.opts.hold = super::WriteHold::default();
         let mut buf = Vec::new();
         while let Ok(e) = self.rx.try_recv() {
             buf.push(e);
