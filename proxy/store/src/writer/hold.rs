@@ -7,15 +7,18 @@
 //! half of the proxy's CPU), so it lengthens the fan-out's tail. The proxy opens the hold
 //! when its upstream publishes a job and each session touches it when it has written the
 //! job; the hold ends when the sessions have gone quiet (no touch for [`QUIET`]) or
-//! [`CAP`] after it opened, whichever comes first. Shares keep arriving meanwhile and wait in the writer's
-//! pending batch (at 10,000 shares/s, ~3,000 of them for a 300 ms fan-out).
+//! [`CAP`] after it opened, whichever comes first. Shares keep arriving meanwhile and wait in
+//! the writer's pending batch (at 10,000 shares/s, ~4,000 of them for a 300 ms fan-out and
+//! the quiet time after it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// No session has written the job for this long: the fan-out is over.
-pub const QUIET: Duration = Duration::from_millis(20);
+/// No session has written the job for this long: the fan-out is over. As long as the
+/// longest pause a pod at its CPU limit sees (the rest of the scheduler's 100 ms period),
+/// so that such a pause in the middle of a fan-out does not end the hold.
+pub const QUIET: Duration = Duration::from_millis(100);
 /// The longest a hold lasts, however long the fan-out.
 pub const CAP: Duration = Duration::from_millis(500);
 
