@@ -5,8 +5,9 @@ mod common;
 
 use common::*;
 use loka_store::accounting::{Method, NewEarning};
+use loka_store::events::Event;
 use loka_store::record::Recorder;
-use loka_store::{Backend, Store, WriterOptions, spawn_writer};
+use loka_store::{Backend, Store, StoreHandle, WriteHold, WriterOptions, spawn_writer};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
@@ -591,18 +592,13 @@ async fn a_refused_share_is_set_aside_and_the_rest_of_its_batch_stored() {
     assert_eq!(carol, (true, Some(7)));
 }
 
-/// While a job goes out to every miner (the hold open, sessions touching it), a due batch
-/// waits: it is written once the sessions have been quiet for the hold's quiet time, or
-/// when the hold reaches its cap however long they go on. (Times here are seconds, so a
-/// loaded machine's pauses between touches stay well inside them.)
-#[tokio::test]
-async fn the_writer_waits_while_a_job_goes_out_to_the_miners() {
-    use loka_store::WriteHold;
-    use std::time::Instant;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, cfg) = open(dir.path()).await;
-    let (quiet, cap) = (Duration::from_millis(1500), Duration::from_secs(4));
-    let hold = WriteHold::new(quiet, cap);
+/// A writer on a fresh SQLite store in `dir` that reads `hold`, with group commit or not.
+async fn writer_reading(
+    dir: &std::path::Path,
+    hold: &WriteHold,
+    group_commit: bool,
+) -> (StoreHandle, mpsc::Sender<Event>) {
+    let (store, cfg) = open(dir).await;
     let (tx, rx) = mpsc::channel(16);
     let handle = spawn_writer(
         store,
@@ -610,11 +606,26 @@ async fn the_writer_waits_while_a_job_goes_out_to_the_miners() {
         WriterOptions {
             hold: hold.clone(),
             database_ready: true,
+            group_commit,
             ..WriterOptions::from_config(&cfg, &pools())
         },
         16,
     )
     .unwrap();
+    (handle, tx)
+}
+
+/// While a job goes out to every miner (the hold open, sessions touching it), a due batch
+/// waits: it is written once the sessions have been quiet for the hold's quiet time, or
+/// when the hold reaches its cap however long they go on. (Times here are seconds, so a
+/// loaded machine's pauses between touches stay well inside them.)
+#[tokio::test]
+async fn the_writer_waits_while_a_job_goes_out_to_the_miners() {
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let (quiet, cap) = (Duration::from_millis(1500), Duration::from_secs(4));
+    let hold = WriteHold::new(quiet, cap);
+    let (handle, tx) = writer_reading(dir.path(), &hold, false).await;
     let written = || handle.status().submissions_inserted;
     // Touches the hold until `n` shares are written (or a minute has passed).
     let touch_until_written = |n: u64| {
@@ -672,24 +683,9 @@ async fn the_writer_waits_while_a_job_goes_out_to_the_miners() {
 /// back.
 #[tokio::test]
 async fn group_commit_writes_through_an_open_hold() {
-    use loka_store::WriteHold;
-    use std::time::Instant;
     let dir = tempfile::tempdir().unwrap();
-    let (store, cfg) = open(dir.path()).await;
     let hold = WriteHold::new(Duration::from_secs(60), Duration::from_secs(60));
-    let (tx, rx) = mpsc::channel(16);
-    let handle = spawn_writer(
-        store,
-        rx,
-        WriterOptions {
-            hold: hold.clone(),
-            database_ready: true,
-            group_commit: true,
-            ..WriterOptions::from_config(&cfg, &pools())
-        },
-        16,
-    )
-    .unwrap();
+    let (handle, tx) = writer_reading(dir.path(), &hold, true).await;
     hold.open();
     tx.send(share("a.1", "main", 1, true, "1")).await.unwrap();
     assert!(
@@ -698,6 +694,9 @@ async fn group_commit_writes_through_an_open_hold() {
         })
         .await
     );
-    assert!(hold.holds_until(Instant::now()).is_some(), "still open");
+    assert!(
+        hold.holds_until(std::time::Instant::now()).is_some(),
+        "still open"
+    );
     handle.shutdown(Duration::from_secs(5)).await;
 }
