@@ -700,3 +700,43 @@ async fn group_commit_writes_through_an_open_hold() {
     );
     handle.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A batch already running in SQLite when a job goes out pauses between its statement's
+/// steps until the hold ends (here it stays open for its 2 s cap); with the hold shut the
+/// same kind of batch is written at once. Every row is stored either way.
+#[tokio::test]
+async fn a_batch_running_in_sqlite_waits_while_the_hold_is_open() {
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _cfg) = open(dir.path()).await;
+    let cap = Duration::from_secs(2);
+    let hold = WriteHold::new(cap, cap);
+    let mut sink = sink_holding(&store, Some(hold.clone()));
+    let mut rec = Recorder::new("main");
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_760_000_000);
+    let mut batch = |from: u32| -> Vec<_> {
+        (from..from + 2_000)
+            .map(|i| {
+                let at = start + Duration::from_millis(u64::from(i));
+                rec.record(share_at("a.1", "main", i, true, "1", at))
+                    .unwrap()
+            })
+            .collect()
+    };
+    let first = batch(0);
+    let t = Instant::now();
+    assert_eq!(sink.write(&first).await.unwrap().inserted, 2_000);
+    let free = t.elapsed();
+    assert!(free < cap / 2, "a batch took {free:?} with the hold shut");
+
+    let second = batch(2_000);
+    hold.open();
+    let t = Instant::now();
+    assert_eq!(sink.write(&second).await.unwrap().inserted, 2_000);
+    let held = t.elapsed();
+    assert!(
+        held >= cap - Duration::from_millis(100),
+        "written in {held:?} while the hold was open (cap {cap:?})"
+    );
+    assert_eq!(store.count_submissions().await.unwrap(), 4_000);
+}

@@ -55,6 +55,9 @@ pub struct SinkOptions {
     pub partitions_ahead: u32,
     pub retention_months: u32,
     pub maintenance_every: Duration,
+    /// SQLite: a batch's statements pause while this hold is open (see [`crate::WriteHold`];
+    /// the writer sets it, unless sessions wait on group commit).
+    pub hold: Option<crate::WriteHold>,
 }
 
 /// The database side of the writer: the connection pool and id caches.

@@ -6,10 +6,11 @@
 //! takes the cores from the sessions writing those lines (at 10,000 shares/s SQLite is about
 //! half of the proxy's CPU), so it lengthens the fan-out's tail. The proxy opens the hold
 //! when its upstream publishes a job and each session touches it when it has written the
-//! job; the hold ends when the sessions have gone quiet (no touch for [`QUIET`]) or
-//! [`CAP`] after it opened, whichever comes first. Shares keep arriving meanwhile and wait in
-//! the writer's pending batch (at 10,000 shares/s, ~4,000 of them for a 300 ms fan-out and
-//! the quiet time after it).
+//! job. A batch already running in SQLite waits too, between steps of its statement
+//! (`sink/sqlite.rs`). The hold ends when the sessions have gone quiet (no touch for
+//! [`QUIET`]) or [`CAP`] after it opened, whichever comes first. Shares keep arriving
+//! meanwhile and wait in the writer's pending batch (at 10,000 shares/s, ~4,000 of them for
+//! a 300 ms fan-out and the quiet time after it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -87,6 +88,14 @@ impl WriteHold {
     pub fn touched_at(&self) -> Option<Instant> {
         let at = self.0.touched.load(Relaxed);
         (at != 0).then(|| self.instant(at))
+    }
+
+    /// Block the calling thread while the hold holds (at most until its cap). For a thread
+    /// of its own only, such as SQLite's, between two steps of a statement.
+    pub fn wait_blocking(&self) {
+        while let Some(until) = self.holds_until(Instant::now()) {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
     }
 
     /// Until when the writer should wait at `now` (to look again then; the sessions may

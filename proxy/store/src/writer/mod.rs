@@ -97,6 +97,7 @@ impl WriterOptions {
                 partitions_ahead: cfg.partitions_ahead,
                 retention_months: cfg.retention_months,
                 maintenance_every: Duration::from_secs(3600),
+                hold: None,
             },
             max_backoff: Duration::from_secs(5),
             slow_batch: Duration::from_secs(1),

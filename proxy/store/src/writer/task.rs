@@ -79,10 +79,13 @@ impl Writer {
     pub(super) fn new(
         store: Store,
         rx: mpsc::Receiver<Event>,
-        opts: WriterOptions,
+        mut opts: WriterOptions,
         spool: Spool,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // A batch already running in SQLite when a job goes out pauses too (not under group
+        // commit: sessions wait for it).
+        opts.sink.hold = (!opts.group_commit).then(|| opts.hold.clone());
         let default_pool = opts
             .sink
             .pools

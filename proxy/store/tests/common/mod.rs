@@ -141,6 +141,11 @@ where
 
 /// A sink as the writer makes it, on a migrated store.
 pub fn sink(store: &Store) -> Sink {
+    sink_holding(store, None)
+}
+
+/// [`sink`], its SQLite statements pausing while `hold` is open.
+pub fn sink_holding(store: &Store, hold: Option<loka_store::WriteHold>) -> Sink {
     Sink::new(
         store.clone(),
         SinkOptions {
@@ -149,6 +154,7 @@ pub fn sink(store: &Store) -> Sink {
             partitions_ahead: 1,
             retention_months: 0,
             maintenance_every: Duration::from_secs(3600),
+            hold,
         },
     )
 }
