@@ -195,10 +195,16 @@ impl Sink {
     pub async fn write(&mut self, records: &[Record]) -> Result<Outcome> {
         let r = self.write_inner(records).await;
         if r.is_err() {
-            self.prepared = false;
-            self.forget();
+            self.reset();
         }
         r
+    }
+
+    /// After a failed write, or one abandoned midway (a timeout): prepare again and look up
+    /// every id again (one cached in a transaction that never committed names no row).
+    pub fn reset(&mut self) {
+        self.prepared = false;
+        self.forget();
     }
 
     async fn write_inner(&mut self, records: &[Record]) -> Result<Outcome> {

@@ -17,10 +17,21 @@ use crate::db::{sqlite_time, utc};
 use crate::record::{Record, ShareRecord, miner_of};
 use crate::{Error, Result};
 use foldhash::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use uuid::Uuid;
 
 /// SQLite virtual machine steps between two looks at the write hold.
 const PROGRESS_STEPS: i32 = 10_000;
+
+/// Cleared when a batch's write ends, however it ends.
+struct BatchAlive(Arc<AtomicBool>);
+
+impl Drop for BatchAlive {
+    fn drop(&mut self) {
+        self.0.store(false, Relaxed);
+    }
+}
 
 /// Appends one share to `out` as the JSON array the INSERT reads, in its column order.
 fn push_share_row(out: &mut Vec<u8>, s: &ShareRecord, worker: &Uuid) -> Result<()> {
@@ -57,15 +68,22 @@ impl Sink {
         };
         // Every ~10,000 virtual machine steps (about a hundred shares' rows), SQLite's thread
         // waits while a job goes out to the miners: a batch running when the job arrives then
-        // leaves the cores to the sessions too, within ~5 ms. Only for this batch: the
-        // connection may go back to a pool others read through.
+        // leaves the cores to the sessions too, within ~5 ms; at most the hold's cap in all.
+        // Only for this batch: the connection may go back to a pool others read through, and
+        // if this future is dropped (a write timeout) the handler it leaves does nothing.
+        let batch = BatchAlive(Arc::new(AtomicBool::new(true)));
+        let alive = batch.0.clone();
+        let deadline = std::time::Instant::now() + hold.cap();
         conn.lock_handle()
             .await?
             .set_progress_handler(PROGRESS_STEPS, move || {
-                hold.wait_blocking();
+                if alive.load(Relaxed) {
+                    hold.wait_blocking(deadline);
+                }
                 true
             });
         let r = self.write_sqlite_on(&mut conn, records).await;
+        drop(batch);
         if let Ok(mut handle) = conn.lock_handle().await {
             handle.remove_progress_handler();
         }

@@ -13,14 +13,15 @@
 //! a 300 ms fan-out and the quiet time after it).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// No session has written the job for this long: the fan-out is over. As long as the
 /// longest pause a pod at its CPU limit sees (the rest of the scheduler's 100 ms period),
 /// so that such a pause in the middle of a fan-out does not end the hold.
 pub const QUIET: Duration = Duration::from_millis(100);
-/// The longest a hold lasts, however long the fan-out.
+/// The longest a hold lasts, however long the fan-out (measured from the job that opened it:
+/// jobs that come while it holds do not start it again).
 pub const CAP: Duration = Duration::from_millis(500);
 
 /// Shared by the proxy's upstream (opens), its sessions (touch) and the writer (reads).
@@ -37,6 +38,8 @@ struct State {
     opened: AtomicU64,
     /// The same for the last touch.
     touched: AtomicU64,
+    /// The writer is shutting down: nothing holds any more.
+    released: AtomicBool,
 }
 
 impl Default for WriteHold {
@@ -55,7 +58,18 @@ impl WriteHold {
             base: Instant::now(),
             opened: AtomicU64::new(0),
             touched: AtomicU64::new(0),
+            released: AtomicBool::new(false),
         }))
+    }
+
+    /// The longest a hold lasts.
+    pub fn cap(&self) -> Duration {
+        self.0.cap
+    }
+
+    /// Hold nothing from now on (the writer is shutting down).
+    pub fn release(&self) {
+        self.0.released.store(true, Relaxed);
     }
 
     fn stamp(&self, at: Instant) -> u64 {
@@ -66,9 +80,13 @@ impl WriteHold {
         self.0.base + Duration::from_micros(stamp - 1)
     }
 
-    /// A new job is going out to every miner.
+    /// A new job is going out to every miner. While a hold is on, it goes on from its first
+    /// job (so jobs that come faster than the cap cannot hold the writer for ever).
     pub fn open(&self) {
-        self.0.opened.store(self.stamp(Instant::now()), Relaxed);
+        let now = Instant::now();
+        if self.holds_until(now).is_none() {
+            self.0.opened.store(self.stamp(now), Relaxed);
+        }
     }
 
     /// A session has written the job to its miner.
@@ -90,11 +108,15 @@ impl WriteHold {
         (at != 0).then(|| self.instant(at))
     }
 
-    /// Block the calling thread while the hold holds (at most until its cap). For a thread
+    /// Block the calling thread while the hold holds, and not past `deadline`. For a thread
     /// of its own only, such as SQLite's, between two steps of a statement.
-    pub fn wait_blocking(&self) {
+    pub fn wait_blocking(&self, deadline: Instant) {
         while let Some(until) = self.holds_until(Instant::now()) {
-            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            std::thread::sleep(until.min(deadline).saturating_duration_since(now));
         }
     }
 
@@ -102,7 +124,7 @@ impl WriteHold {
     /// touch the hold meanwhile), or `None` if it may write.
     pub fn holds_until(&self, now: Instant) -> Option<Instant> {
         let opened = self.0.opened.load(Relaxed);
-        if opened == 0 {
+        if opened == 0 || self.0.released.load(Relaxed) {
             return None;
         }
         let touched = self.0.touched.load(Relaxed).max(opened);
@@ -148,5 +170,21 @@ mod tests {
             at += QUIET / 2;
         }
         assert_eq!(hold.holds_until(opened + CAP), None, "capped");
+    }
+
+    #[test]
+    fn jobs_while_it_holds_do_not_start_it_again_and_release_ends_it() {
+        let hold = WriteHold::default();
+        hold.open();
+        let first = hold.opened_at().unwrap();
+        hold.touch();
+        hold.open();
+        assert_eq!(hold.opened_at(), Some(first), "still the first job's hold");
+        assert!(hold.holds_until(Instant::now()).is_some());
+        hold.release();
+        assert_eq!(hold.holds_until(Instant::now()), None);
+        let t = Instant::now();
+        hold.wait_blocking(t + Duration::from_secs(60));
+        assert!(t.elapsed() < Duration::from_secs(1), "released: no wait");
     }
 }

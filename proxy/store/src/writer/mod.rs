@@ -6,7 +6,8 @@
 //! database. Rules, in order:
 //!
 //! 1. While the spool is empty and the database healthy, a batch is written directly when it
-//!    reaches `batch_size` or is `flush_interval` old. While one write is in flight the next
+//!    reaches `batch_size` or is `flush_interval` old (while a job goes out to the miners,
+//!    up to the write hold's cap later: see [`hold`]). While one write is in flight the next
 //!    batch keeps filling; past `4 × batch_size` it goes to the spool.
 //! 2. A write that fails (database unreachable, restarting, or slower than `write_timeout`)
 //!    puts its batch in the spool, and from then on every batch goes to the spool (so the

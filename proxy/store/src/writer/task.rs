@@ -293,8 +293,12 @@ impl Writer {
             }
             // A job is going out to every miner: the batch waits for the sessions to finish
             // (at most two batches' worth of it; sessions waiting on group commit never wait).
+            // Nor does a batch wait more than the hold's cap past its flush interval.
             if !self.opts.group_commit
                 && self.pending.len() < 2 * self.opts.batch_size
+                && self
+                    .pending_since
+                    .is_some_and(|t| t.elapsed() < self.opts.flush_interval + self.opts.hold.cap())
                 && let Some(until) = self.opts.hold.holds_until(Instant::now())
             {
                 self.held_until = Some(until);
@@ -313,7 +317,10 @@ impl Writer {
             let started = Instant::now();
             let r = match tokio::time::timeout(timeout, sink.write(&records)).await {
                 Ok(r) => r,
-                Err(_) => Err(Error::Timeout(timeout)),
+                Err(_) => {
+                    sink.reset();
+                    Err(Error::Timeout(timeout))
+                }
             };
             (sink, r, started.elapsed())
         });
@@ -543,8 +550,9 @@ impl Writer {
 
     async fn shutdown(mut self, deadline: Instant) -> ShutdownReport {
         self.rx.close();
-        // What is left goes out now, whatever the sessions are doing.
-        self.opts.hold = super::WriteHold::default();
+        // What is left goes out now, whatever the sessions are doing (the sinks' batches in
+        // SQLite share this hold).
+        self.opts.hold.release();
         let mut buf = Vec::new();
         while let Ok(e) = self.rx.try_recv() {
             buf.push(e);
