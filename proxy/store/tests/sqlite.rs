@@ -627,19 +627,6 @@ async fn the_writer_waits_while_a_job_goes_out_to_the_miners() {
     let hold = WriteHold::new(quiet, cap);
     let (handle, tx) = writer_reading(dir.path(), &hold, false).await;
     let written = || handle.status().submissions_inserted;
-    // Touches the hold until `n` shares are written (or a minute has passed).
-    let touch_until_written = |n: u64| {
-        let hold = hold.clone();
-        let handle = &handle;
-        async move {
-            let t = Instant::now();
-            while handle.status().submissions_inserted < n && t.elapsed() < Duration::from_secs(60)
-            {
-                hold.touch();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
 
     // Quiet: sessions write for a second; the batch (due after the flush interval)
     // waits for them, then for the quiet time.
@@ -669,7 +656,10 @@ async fn the_writer_waits_while_a_job_goes_out_to_the_miners() {
     hold.open();
     let opened = Instant::now();
     tx.send(share("a.1", "main", 2, true, "1")).await.unwrap();
-    touch_until_written(2).await;
+    while written() < 2 && opened.elapsed() < Duration::from_secs(60) {
+        hold.touch();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let waited = opened.elapsed();
     assert_eq!(written(), 2);
     assert!(

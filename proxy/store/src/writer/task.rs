@@ -83,8 +83,8 @@ impl Writer {
         spool: Spool,
         metrics: Arc<Metrics>,
     ) -> Self {
-        // A batch already running in SQLite when a job goes out pauses too (not under group
-        // commit: sessions wait for it).
+        // The hold the writer and its sinks read: none under group commit (sessions wait for
+        // their writes). A batch already running in SQLite when a job goes out pauses too.
         opts.sink.hold = (!opts.group_commit).then(|| opts.hold.clone());
         let default_pool = opts
             .sink
@@ -292,14 +292,14 @@ impl Writer {
                 return;
             }
             // A job is going out to every miner: the batch waits for the sessions to finish
-            // (at most two batches' worth of it; sessions waiting on group commit never wait).
-            // Nor does a batch wait more than the hold's cap past its flush interval.
-            if !self.opts.group_commit
+            // (at most two batches' worth of it, and at most the hold's cap past its flush
+            // interval; no hold under group commit, see `new`).
+            if let Some(hold) = &self.opts.sink.hold
                 && self.pending.len() < 2 * self.opts.batch_size
                 && self
                     .pending_since
-                    .is_some_and(|t| t.elapsed() < self.opts.flush_interval + self.opts.hold.cap())
-                && let Some(until) = self.opts.hold.holds_until(Instant::now())
+                    .is_some_and(|t| t.elapsed() < self.opts.flush_interval + hold.cap())
+                && let Some(until) = hold.holds_until(Instant::now())
             {
                 self.held_until = Some(until);
                 return;
