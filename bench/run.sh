@@ -459,7 +459,8 @@ out = {"scenario": label, "round": int(os.environ.get("FARM_ROUND", "1")), "mine
        "submit_p50_ms": round(d["latency_us"]["p50"] / 1000, 2),
        "submit_p99_ms": round(d["latency_us"]["p99"] / 1000, 2),
        "fanout_p50_ms": round(d["notify_fanout_ms"]["p50"], 1) if d.get("notify_fanout_ms") else None,
-       "fanout_p99_ms": round(d["notify_fanout_ms"]["p99"], 1) if d.get("notify_fanout_ms") else None}
+       "fanout_p99_ms": round(d["notify_fanout_ms"]["p99"], 1) if d.get("notify_fanout_ms") else None,
+       "fanout_jobs_ms": [round(v, 1) for v in d.get("notify_fanout_jobs_ms", [])]}
 if rss1:
     out["proxy_cpu_percent_of_200"] = round((int(t1) - int(t0)) * 100 / int(hz) / int(secs), 1)
     out["proxy_rss_kib"] = int(rss1)
@@ -496,7 +497,8 @@ farm() { # the same miners straight to the pool and through the proxy (storage o
     done
   done
   # Ratios, proxy over direct, per load and round; with FARM_ROUNDS > 1 also the median of
-  # each arm over the rounds and their ratio (a run's fan-out p99 is nearly its slowest job's).
+  # each arm over the rounds and their ratio (a run's fan-out p99 is nearly its slowest job's),
+# and the fan-out quantiles over every job of every round of an arm, pooled ("all jobs").
   python3 - "$work/farm.jsonl" <<'PY' | tee -a "$work/farm.jsonl"
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -504,6 +506,8 @@ def ratios(p, d, label):
     ratio = lambda k: round(p[k] / d[k], 2) if p.get(k) and d.get(k) else None
     return {"scenario": label, "miners": p["miners"], "shares_per_miner_per_s": p["shares_per_miner_per_s"],
             "submit_p99": ratio("submit_p99_ms"), "fanout_p99": ratio("fanout_p99_ms"),
+            **({"all_jobs_fanout_p50": ratio("all_jobs_fanout_p50_ms"), "all_jobs_fanout_p90": ratio("all_jobs_fanout_p90_ms"),
+                "all_jobs_fanout_p99": ratio("all_jobs_fanout_p99_ms")} if p.get("jobs") else {}),
             "proxy_cpu_percent_of_200": p.get("proxy_cpu_percent_of_200"),
             "rss_bytes_per_miner": p.get("rss_bytes_per_miner")}
 same = lambda a, b: a["miners"] == b["miners"] and a["shares_per_miner_per_s"] == b["shares_per_miner_per_s"]
@@ -522,6 +526,11 @@ if max(r["round"] for r in rows) > 1:
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 m[k] = round(statistics.median(vals), 2)
+        jobs = sorted(v for r in rs for v in r.get("fanout_jobs_ms", []))
+        if jobs:
+            q = lambda f: jobs[min(len(jobs) - 1, int(f * len(jobs)))]
+            m.update({"jobs": len(jobs), "all_jobs_fanout_p50_ms": q(0.5), "all_jobs_fanout_p90_ms": q(0.9),
+                      "all_jobs_fanout_p99_ms": q(0.99)})
         med[key] = m
         print(json.dumps({"scenario": f"median over rounds, {key[0]}: {key[1]} miners x {key[2]} shares/s", **m}))
     for (who, n, rate), p in med.items():

@@ -135,6 +135,10 @@ struct Report {
     accepted_per_sec: f64,
     latency_us: Option<Quantiles>,
     notify_fanout_ms: Option<Quantiles>,
+    /// Each job's fan-out (the spread in ms, per process, of the jobs after each
+    /// connection's first), ascending: for pooling runs before taking a quantile.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    notify_fanout_jobs_ms: Vec<f64>,
     /// From starting the TCP connect to the TLS session being up (TCP alone without TLS).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     connect_ms: Option<Quantiles>,
@@ -568,12 +572,15 @@ async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
         let _ = lat.add(&*s.lock());
     }
     let mut fan = new_hist();
+    let mut fan_jobs = Vec::new();
     for e in ctx.fanout.lock().values() {
         if e.receivers >= 2 {
             let us = (e.last - e.first).as_micros().min(u128::from(u64::MAX)) as u64;
             fan.saturating_record(us.max(1));
+            fan_jobs.push(us as f64 / 1000.0);
         }
     }
+    fan_jobs.sort_by(f64::total_cmp);
     let accepted = ctx.accepted.load(Ordering::Relaxed);
     let errors = ctx
         .errors
@@ -607,6 +614,7 @@ async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
         },
         latency_us: quantiles(&lat, 1.0),
         notify_fanout_ms: quantiles(&fan, 1000.0),
+        notify_fanout_jobs_ms: fan_jobs,
         connect_ms: quantiles(&ctx.connect.lock(), 1000.0),
         jobs_received: ctx.jobs_received.load(Ordering::Relaxed),
         disconnects: ctx.disconnects.load(Ordering::Relaxed),
@@ -1145,6 +1153,7 @@ fn merge(args: &Args, target: &str, reports: Vec<Report>, mut errors: Vec<String
         for (v, c) in r.fanout_hist.unwrap_or_default() {
             let _ = fan.record_n(v.max(1), c);
         }
+        out.notify_fanout_jobs_ms.extend(r.notify_fanout_jobs_ms);
         for e in r.errors {
             if !errors.contains(&e) {
                 errors.push(e);
@@ -1159,6 +1168,7 @@ fn merge(args: &Args, target: &str, reports: Vec<Report>, mut errors: Vec<String
     out.latency_us = quantiles(&lat, 1.0);
     // fan-out is measured inside each process; merged values are per-process spreads
     out.notify_fanout_ms = quantiles(&fan, 1000.0);
+    out.notify_fanout_jobs_ms.sort_by(f64::total_cmp);
     out.errors = errors;
     out
 }
