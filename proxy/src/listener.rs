@@ -227,7 +227,7 @@ where
             connection_id: id,
             remote: peer,
         }));
-        let span = tracing::info_span!("connection", conn = id, peer = %peer);
+        let span = tracing::debug_span!("connection", conn = id, peer = %peer);
         Session::new(id, peer, shared.clone())
             .run(r, w)
             .instrument(span)
