@@ -221,7 +221,12 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     async move {
-        let id = shared.registry.open(peer, crate::clock::now_rfc3339());
+        // The session stops on its own token: the drain cancels it with every other, an
+        // admin disconnect cancels it alone.
+        let stop = shared.drain.child_token();
+        let id = shared
+            .registry
+            .open(peer, crate::clock::now_rfc3339(), stop.clone());
         shared.stats.connection_opened(transport);
         shared.emit(Event::Connection(ConnectionEvent::Connected {
             connection_id: id,
@@ -229,7 +234,7 @@ where
         }));
         let span = tracing::debug_span!("connection", conn = id, peer = %peer);
         Session::new(id, peer, shared.clone())
-            .run(r, w)
+            .run(r, w, stop)
             .instrument(span)
             .await;
         shared.registry.close(id);

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// Why a miner connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -36,15 +37,18 @@ pub struct ConnectionInfo {
     pub workers: Vec<String>,
 }
 
+/// A live connection: what the console shows, and the token its session stops on.
+struct Live {
+    info: ConnectionInfo,
+    stop: CancellationToken,
+}
+
 pub struct Registry {
-    connections: Mutex<HashMap<u64, ConnectionInfo>>,
+    connections: Mutex<HashMap<u64, Live>>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// `server.max_connections`, shared by the TCP listener and the WebSocket `/stratum`.
     permits: Arc<Semaphore>,
     next_id: AtomicU64,
-    /// Admin "disconnect connection N": every session listens and the one with that id
-    /// closes.
-    kicks: broadcast::Sender<u64>,
 }
 
 impl Registry {
@@ -54,7 +58,6 @@ impl Registry {
             per_ip: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max_connections as usize)),
             next_id: AtomicU64::new(1),
-            kicks: broadcast::channel(64).0,
         })
     }
 
@@ -79,17 +82,21 @@ impl Registry {
         })
     }
 
-    /// List a new connection; returns its id.
-    pub fn open(&self, peer: SocketAddr, connected_at: String) -> u64 {
+    /// List a new connection; returns its id. `stop` is the token its session stops on
+    /// (a child of the drain token): an admin disconnect cancels it.
+    pub fn open(&self, peer: SocketAddr, connected_at: String, stop: CancellationToken) -> u64 {
         let id = self.next_id.fetch_add(1, Relaxed);
         self.connections.lock().insert(
             id,
-            ConnectionInfo {
-                connection_id: id,
-                remote_addr: peer,
-                connected_at,
-                user_agent: None,
-                workers: Vec::new(),
+            Live {
+                info: ConnectionInfo {
+                    connection_id: id,
+                    remote_addr: peer,
+                    connected_at,
+                    user_agent: None,
+                    workers: Vec::new(),
+                },
+                stop,
             },
         );
         id
@@ -102,36 +109,35 @@ impl Registry {
     /// A worker authorized on connection `id`.
     pub fn authorized(&self, id: u64, worker: &str, user_agent: Option<&str>) {
         if let Some(c) = self.connections.lock().get_mut(&id) {
-            c.workers.push(worker.to_string());
-            c.user_agent = user_agent.map(str::to_string);
+            c.info.workers.push(worker.to_string());
+            c.info.user_agent = user_agent.map(str::to_string);
         }
     }
 
     /// Live connections, oldest first.
     pub fn list(&self) -> Vec<ConnectionInfo> {
-        let mut list: Vec<_> = self.connections.lock().values().cloned().collect();
+        let mut list: Vec<_> = self
+            .connections
+            .lock()
+            .values()
+            .map(|c| c.info.clone())
+            .collect();
         list.sort_by_key(|c| c.connection_id);
         list
     }
 
-    /// Close every connection `worker` is authorized on; returns how many.
+    /// Close every connection `worker` is authorized on; returns how many. Each session
+    /// waits on its own token, so a kick wakes only the sessions it closes.
     pub fn kick_worker(&self, worker: &str) -> usize {
-        let ids: Vec<u64> = self
-            .connections
-            .lock()
-            .values()
-            .filter(|c| c.workers.iter().any(|w| w == worker))
-            .map(|c| c.connection_id)
-            .collect();
-        for id in &ids {
-            let _ = self.kicks.send(*id);
+        let connections = self.connections.lock();
+        let mut n = 0;
+        for c in connections.values() {
+            if c.info.workers.iter().any(|w| w == worker) {
+                c.stop.cancel();
+                n += 1;
+            }
         }
-        ids.len()
-    }
-
-    /// Kicks, for a session to wait on.
-    pub fn kicks(&self) -> broadcast::Receiver<u64> {
-        self.kicks.subscribe()
+        n
     }
 }
 
@@ -179,18 +185,16 @@ mod tests {
     fn a_kick_reaches_every_connection_of_the_worker_only() {
         let r = Registry::new(10);
         let peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
-        let one = r.open(peer, String::new());
-        let two = r.open(peer, String::new());
-        let other = r.open(peer, String::new());
+        let stops: Vec<CancellationToken> = (0..3).map(|_| CancellationToken::new()).collect();
+        let one = r.open(peer, String::new(), stops[0].clone());
+        let two = r.open(peer, String::new(), stops[1].clone());
+        let other = r.open(peer, String::new(), stops[2].clone());
         r.authorized(one, "farm.a", Some("cgminer"));
         r.authorized(two, "farm.a", None);
         r.authorized(other, "farm.b", None);
-        let mut kicks = r.kicks();
         assert_eq!(r.kick_worker("farm.a"), 2);
-        let mut got = vec![kicks.try_recv().unwrap(), kicks.try_recv().unwrap()];
-        got.sort();
-        assert_eq!(got, vec![one, two]);
-        assert!(kicks.try_recv().is_err());
+        let stopped: Vec<bool> = stops.iter().map(CancellationToken::is_cancelled).collect();
+        assert_eq!(stopped, vec![true, true, false]);
         r.close(two);
         let ids: Vec<u64> = r.list().iter().map(|c| c.connection_id).collect();
         assert_eq!(ids, vec![one, other]);

@@ -755,6 +755,64 @@ async fn admin_console_lists_disconnects_and_switches_pools() {
     assert_eq!(next_json(&mut c).await["ok"], false);
 }
 
+/// A worker on more connections than there used to be room for in the kick channel (64,
+/// sent all at once): the console closes every one of them, not only the last 64.
+#[tokio::test]
+async fn disconnecting_a_worker_closes_every_connection_it_is_on() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    const N: usize = 80;
+    let f = fixture_with(|_| {}).await;
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        let s = tokio::net::TcpStream::connect(f.proxy.stratum_addr)
+            .await
+            .unwrap();
+        let (r, mut w) = s.into_split();
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"dan.rig1\",\"x\"]}\n")
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let line = lines.next_line().await.unwrap().expect("open");
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if v["id"] == 2 {
+                    assert_eq!(v["result"], true, "{v}");
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("authorized");
+        conns.push((lines, w));
+    }
+    let token = f.token("admin").await;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("{}/admin/console", f.base.replace("http://", "ws://")),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut c, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    c.send(Message::Text(
+        json!({"command": "disconnect_worker", "params": {"worker_name": "dan.rig1"}})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut c).await["result"]["disconnected"], N);
+    let mut open = 0;
+    for (mut lines, _w) in conns {
+        let closed = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(_)) = lines.next_line().await {}
+        })
+        .await;
+        open += usize::from(closed.is_err());
+    }
+    assert_eq!(open, 0, "connections the kick did not close");
+}
+
 #[tokio::test]
 async fn stratum_over_websocket_mines_like_tcp() {
     let f = fixture_with(|_| {}).await;

@@ -186,7 +186,12 @@ impl Session {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice in its future"
     )]
-    pub fn run<R, W>(mut self, r: R, mut w: W) -> impl Future<Output = ()>
+    pub fn run<R, W>(
+        mut self,
+        r: R,
+        mut w: W,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> impl Future<Output = ()>
     where
         R: tokio::io::AsyncRead + Unpin,
         W: tokio::io::AsyncWrite + Unpin,
@@ -197,9 +202,11 @@ impl Session {
             let handshake_deadline = Instant::now() + cfg.server.handshake_timeout;
             let idle = cfg.server.idle_timeout;
             let mut last_rx = Instant::now();
-            let drain = self.shared.drain.clone();
-            let kick = self.shared.registry.kicks();
-            tokio::pin!(kick);
+            // Cancelled by the drain (the parent token) or by an admin disconnect of this
+            // connection alone. Its own token, not the drain's: waiting on a token takes its
+            // lock at every turn, and 10,000 sessions on one lock would contend at every job.
+            let stopped = stop.cancelled_owned();
+            tokio::pin!(stopped);
             // The vardiff check of a miner that sends nothing: an instant, kept across the
             // loop's turns (every notify, reply or line is one; were it set from each turn,
             // jobs coming more often than the interval would put it off for ever).
@@ -228,15 +235,14 @@ impl Session {
                 }
                 tokio::select! {
                     biased;
-                    _ = drain.cancelled() => {
-                        if self.subscribed {
-                            self.out.extend(method_line("null", "client.reconnect", &json!([])));
-                        }
-                        self.close = Some(Close::Drain);
-                    }
-                    id = kick.recv() => {
-                        if let Ok(id) = id && id == self.id {
+                    () = &mut stopped => {
+                        if !self.shared.drain.is_cancelled() {
                             self.close = Some(Close::AdminDisconnect);
+                        } else {
+                            if self.subscribed {
+                                self.out.extend(method_line("null", "client.reconnect", &json!([])));
+                            }
+                            self.close = Some(Close::Drain);
                         }
                     }
                     line = reader.next_line() => {
