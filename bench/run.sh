@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load benchmarks of the proxy, as reported in BENCHMARKS.md. Bounded in time; stops by itself.
-#   bench/run.sh [hold|throughput|api|api-cost|storage|profile|farm|heap|soak|tls|all]
+#   bench/run.sh [hold|throughput|api|api-cost|storage|profile|farm|fanout|heap|soak|tls|all]
 # throughput: shares/s and proxy CPU per share, one submit per write (1,000 and 2,000
 # connections) and at max rate (50 pipelining connections, THROUGHPUT_BURST submits per write).
 # tls: what TLS costs, plain port against TLS port of one proxy, alternating (TLS_ROUNDS, 2):
@@ -22,6 +22,9 @@
 # of the proxy with storage off too: what the share store costs), FARM_ROUNDS (1: the arms
 # run this many times in turn, and the medians over the rounds are compared too), BENCH_OUT
 # (copy the JSON lines there, for bench/plot.py).
+# fanout: 10,000 held miners (no shares), a job every second, rounds of direct then proxy (or
+# FANOUT_BASELINE, another build, then this one): each job's fan-out and the sender's CPU;
+# the per-notify cost without the share path's noise.
 # storage: STORAGE_RATE (shares/s, 10000), STORAGE_REPEAT (alternating off/on runs, 1),
 # STORAGE_CONTROL=1 (add storage-off runs beside a PostgreSQL insert load and beside a
 # SCHED_IDLE busy loop), STORAGE_FLUSH (flush_interval), STORAGE_PG_NICE / STORAGE_PG_IDLE /
@@ -53,6 +56,7 @@ pin=() db_cpus=""
 
 start_pool() { # $1 port $2 difficulty $3 job interval
   "${pin[@]}" "$B" --serve-pool "127.0.0.1:$1" --pool-difficulty "$2" --pool-job-interval "$3" --duration 900 >"$work/pool-$1.json" 2>/dev/null &
+  pool_pid=$!
   pids+=($!)
   for _ in $(seq 50); do grep -q pool_addr "$work/pool-$1.json" 2>/dev/null && return; sleep 0.1; done
   echo "pool did not start" >&2; exit 1
@@ -92,7 +96,7 @@ acknowledge = "${5:-validated}"
 flush_interval = "${STORAGE_FLUSH:-100ms}"
 writer_nice = ${STORAGE_WRITER_NICE:-10}
 [logging]
-level = "warn"
+level = "${PROXY_LOG_LEVEL:-warn}"
 T
   if [ -n "${PROXY_TLS_DIR:-}" ]; then
     cat >>"$work/proxy.toml" <<T
@@ -541,6 +545,45 @@ PY
   true
 }
 
+fanout() { # 10,000 held miners (no shares), a job every second: each job's fan-out and the proxy's CPU
+  # over 18 s of each arm; per round straight to the pool, then through the proxy (SQLite on).
+  # FANOUT_BASELINE=<loka-proxy binary>: that build in place of the direct arm; FANOUT_ROUNDS (3);
+  # PROXY_LOG_LEVEL (logging.level, warn).
+  local round arm t0 t1 b port label
+  start_pool 13344 0.000000001 1
+  for round in $(seq "${FANOUT_ROUNDS:-3}"); do
+    for arm in first proxy; do
+      if [ "$arm" = proxy ] || [ -n "${FANOUT_BASELINE:-}" ]; then
+        if [ "$arm" = first ]; then PROXY_BIN="$FANOUT_BASELINE" start_proxy 13344 0.000000001 true embedded
+        else start_proxy 13344 0.000000001 true embedded; fi
+        port=13333 label="$arm"
+        [ "$arm" = first ] && label=baseline
+      else
+        port=13344 label=direct proxy_pid=$pool_pid
+      fi
+      "$B" --target "127.0.0.1:$port" --hold --connections 10000 --processes 2 --ramp 5 --duration 30 >"$work/fanout.json" 2>/dev/null &
+      b=$!
+      sleep 10; t0=$(cpu_ticks "$proxy_pid"); sleep 18; t1=$(cpu_ticks "$proxy_pid")
+      wait "$b"
+      python3 - "$label" "$round" "$work/fanout.json" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY' | tee -a "$work/fanout.jsonl"
+import json, sys
+label, rnd, path, t0, t1, hz = sys.argv[1:]
+d = json.load(open(path))
+jobs = d.get("notify_fanout_jobs_ms", [])
+print(json.dumps({"scenario": f"fan-out, 10,000 held miners, a job a second: {label}", "round": int(rnd),
+                  "established": d["connections_established"], "jobs": len(jobs),
+                  "fanout_mean_ms": round(sum(jobs) / len(jobs), 1) if jobs else None,
+                  "fanout_p50_ms": jobs[len(jobs) // 2] if jobs else None,
+                  "fanout_p99_ms": round(d["notify_fanout_ms"]["p99"], 1) if d.get("notify_fanout_ms") else None,
+                  "cpu_seconds_over_18_s": round((int(t1) - int(t0)) / int(hz), 2),
+                  "cpu_of": "pool" if label == "direct" else "proxy"}))
+PY
+      if [ "$label" != direct ]; then kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; rm -rf "$work"/loka.db* "$work"/loka-spool; fi
+    done
+  done
+  true
+}
+
 heap() { # where the proxy's heap goes at 10,000 miners (dhat; every allocation counted, so slow)
   cargo build --release -q -p loka-proxy --features dhat-heap
   cp "$CARGO_TARGET_DIR/release/loka-proxy" "$work/loka-proxy-dhat"
@@ -712,9 +755,10 @@ case "${1:-all}" in
   storage) storage ;;
   profile) profile ;;
   farm) farm ;;
+  fanout) fanout ;;
   heap) heap ;;
   soak) soak ;;
   tls) tls ;;
   all) hold; throughput; api; api_cost; storage ;;
-  *) echo "usage: $0 [hold|throughput|api|api-cost|storage|profile|farm|heap|soak|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [hold|throughput|api|api-cost|storage|profile|farm|fanout|heap|soak|all]" >&2; exit 2 ;;
 esac
