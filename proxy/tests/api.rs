@@ -593,10 +593,31 @@ async fn reload_rejects_a_bad_file_and_applies_a_good_one() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-async fn ws(
-    url: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+async fn ws(url: &str) -> Ws {
     tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The admin console of `f`'s proxy, logged in as admin.
+async fn console(f: &Fixture) -> Ws {
+    let token = f.token("admin").await;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("{}/admin/console", f.base.replace("http://", "ws://")),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// Sends one console command and returns its answer.
+async fn command(c: &mut Ws, command: Value) -> Value {
+    c.send(Message::Text(command.to_string().into()))
+        .await
+        .unwrap();
+    next_json(c).await
 }
 
 async fn next_json<S>(ws: &mut S) -> Value
@@ -697,36 +718,19 @@ async fn admin_console_lists_disconnects_and_switches_pools() {
             .await
             .is_err()
     );
-    let token = f.token("admin").await;
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        format!("{wsbase}/admin/console"),
-    )
-    .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut c, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    c.send(Message::Text(
-        json!({"command": "list_connections", "params": {}})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let v = next_json(&mut c).await;
+    let mut c = console(&f).await;
+    let v = command(&mut c, json!({"command": "list_connections", "params": {}})).await;
     assert_eq!(v["ok"], true);
     assert_eq!(v["result"]["count"], 1);
     assert_eq!(
         v["result"]["connections"][0]["workers"],
         json!(["dan.rig1"])
     );
-    c.send(Message::Text(
-        json!({"command": "disconnect_worker", "params": {"worker_name": "dan.rig1"}})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let v = next_json(&mut c).await;
+    let v = command(
+        &mut c,
+        json!({"command": "disconnect_worker", "params": {"worker_name": "dan.rig1"}}),
+    )
+    .await;
     assert_eq!(v["result"]["disconnected"], 1);
     f.miners[0]
         .wait_for(|s| s.disconnects >= 1, WAIT)
@@ -786,22 +790,13 @@ async fn disconnecting_a_worker_closes_every_connection_it_is_on() {
         .expect("authorized");
         conns.push((lines, w));
     }
-    let token = f.token("admin").await;
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        format!("{}/admin/console", f.base.replace("http://", "ws://")),
+    let mut c = console(&f).await;
+    let v = command(
+        &mut c,
+        json!({"command": "disconnect_worker", "params": {"worker_name": "dan.rig1"}}),
     )
-    .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut c, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    c.send(Message::Text(
-        json!({"command": "disconnect_worker", "params": {"worker_name": "dan.rig1"}})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(next_json(&mut c).await["result"]["disconnected"], N);
+    .await;
+    assert_eq!(v["result"]["disconnected"], N);
     let mut open = 0;
     for (mut lines, _w) in conns {
         let closed = tokio::time::timeout(WAIT, async {
