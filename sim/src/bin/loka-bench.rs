@@ -159,8 +159,6 @@ struct Report {
     timeline: Option<Timeline>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     latency_hist: Option<Vec<(u64, u64)>>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    fanout_hist: Option<Vec<(u64, u64)>>,
 }
 
 /// Replies by the slot (of `slot_ms`) in which their submit was sent; slot 0 starts at
@@ -628,7 +626,6 @@ async fn run_local(args: &Args, target: &str, threads: usize) -> Report {
         errors,
         timeline: ctx.timeline.as_ref().map(TimelineSlots::report),
         latency_hist: args.child.then(|| hist_pairs(&lat)),
-        fanout_hist: args.child.then(|| hist_pairs(&fan)),
     }
 }
 
@@ -1150,8 +1147,9 @@ fn merge(args: &Args, target: &str, reports: Vec<Report>, mut errors: Vec<String
         for (v, c) in r.latency_hist.unwrap_or_default() {
             let _ = lat.record_n(v.max(1), c);
         }
-        for (v, c) in r.fanout_hist.unwrap_or_default() {
-            let _ = fan.record_n(v.max(1), c);
+        // Each job's value in ms with µs precision: back to whole µs exactly.
+        for ms in &r.notify_fanout_jobs_ms {
+            fan.saturating_record(((ms * 1000.0).round() as u64).max(1));
         }
         out.notify_fanout_jobs_ms.extend(r.notify_fanout_jobs_ms);
         for e in r.errors {
