@@ -502,7 +502,7 @@ farm() { # the same miners straight to the pool and through the proxy (storage o
   done
   # Ratios, proxy over direct, per load and round; with FARM_ROUNDS > 1 also the median of
   # each arm over the rounds and their ratio (a run's fan-out p99 is nearly its slowest job's),
-# and the fan-out quantiles over every job of every round of an arm, pooled ("all jobs").
+  # and the fan-out quantiles over every job of every round of an arm, pooled ("all jobs").
   python3 - "$work/farm.jsonl" <<'PY' | tee -a "$work/farm.jsonl"
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -549,21 +549,20 @@ fanout() { # 10,000 held miners (no shares), a job every second: each job's fan-
   # over 18 s of each arm; per round straight to the pool, then through the proxy (SQLite on).
   # FANOUT_BASELINE=<loka-proxy binary>: that build in place of the direct arm; FANOUT_ROUNDS (3);
   # PROXY_LOG_LEVEL (logging.level, warn).
-  local round arm t0 t1 b port label
+  local round label first=direct t0 t1 b port pid
+  [ -n "${FANOUT_BASELINE:-}" ] && first=baseline
   start_pool 13344 0.000000001 1
   for round in $(seq "${FANOUT_ROUNDS:-3}"); do
-    for arm in first proxy; do
-      if [ "$arm" = proxy ] || [ -n "${FANOUT_BASELINE:-}" ]; then
-        if [ "$arm" = first ]; then PROXY_BIN="$FANOUT_BASELINE" start_proxy 13344 0.000000001 true embedded
-        else start_proxy 13344 0.000000001 true embedded; fi
-        port=13333 label="$arm"
-        [ "$arm" = first ] && label=baseline
-      else
-        port=13344 label=direct proxy_pid=$pool_pid
-      fi
+    for label in "$first" proxy; do
+      # The sender whose CPU is read: the pool simulator straight, else the proxy.
+      case $label in
+        direct) port=13344 pid=$pool_pid ;;
+        baseline) PROXY_BIN="$FANOUT_BASELINE" start_proxy 13344 0.000000001 true embedded; port=13333 pid=$proxy_pid ;;
+        proxy) start_proxy 13344 0.000000001 true embedded; port=13333 pid=$proxy_pid ;;
+      esac
       "$B" --target "127.0.0.1:$port" --hold --connections 10000 --processes 2 --ramp 5 --duration 30 >"$work/fanout.json" 2>/dev/null &
       b=$!
-      sleep 10; t0=$(cpu_ticks "$proxy_pid"); sleep 18; t1=$(cpu_ticks "$proxy_pid")
+      sleep 10; t0=$(cpu_ticks "$pid"); sleep 18; t1=$(cpu_ticks "$pid")
       wait "$b"
       python3 - "$label" "$round" "$work/fanout.json" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY' | tee -a "$work/fanout.jsonl"
 import json, sys
