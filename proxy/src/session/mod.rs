@@ -236,13 +236,13 @@ impl Session {
                 tokio::select! {
                     biased;
                     () = &mut stopped => {
-                        if !self.shared.drain.is_cancelled() {
-                            self.close = Some(Close::AdminDisconnect);
-                        } else {
+                        if self.shared.drain.is_cancelled() {
                             if self.subscribed {
                                 self.out.extend(method_line("null", "client.reconnect", &json!([])));
                             }
                             self.close = Some(Close::Drain);
+                        } else {
+                            self.close = Some(Close::AdminDisconnect);
                         }
                     }
                     line = reader.next_line() => {
