@@ -3,6 +3,7 @@
 //! and shutdown tokens. Built once by [`crate::runtime`]; read-mostly.
 
 use crate::events::{Delivered, Event, EventSink};
+use crate::fanout::Lanes;
 use crate::registry::{Admission, Refusal, Registry};
 use crate::stats::Stats;
 use crate::upstream::{UpstreamHandle, UpstreamSettings};
@@ -38,6 +39,9 @@ pub struct Shared {
     events_enabled: bool,
     /// Aggregate mode: the one upstream session all miners share.
     pub upstream: Option<UpstreamHandle>,
+    /// Aggregate mode: the plain-TCP miners' sockets its jobs are written to by the fan-out
+    /// tasks, one shard per runtime worker.
+    pub lanes: Option<Arc<Lanes>>,
     /// Template for passthrough sessions' own upstreams.
     upstream_settings: RwLock<UpstreamSettings>,
     pub allocator: Mutex<ExtranonceAllocator>,
@@ -93,6 +97,22 @@ impl Shared {
             };
             crate::upstream::spawn(settings, shutdown.child_token())
         });
+        let lanes = upstream.as_ref().map(|u| {
+            let workers =
+                tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
+            let lanes = Lanes::new(workers);
+            for shard in 0..lanes.shards() {
+                tokio::spawn(crate::fanout::run(
+                    lanes.clone(),
+                    shard,
+                    u.work.clone(),
+                    stats.clone(),
+                    events.hold().clone(),
+                    shutdown.child_token(),
+                ));
+            }
+            lanes
+        });
         let registry = Registry::new(config.server.max_connections);
         Ok(Arc::new(Shared {
             version_mask: config.version_rolling_mask(),
@@ -102,6 +122,7 @@ impl Shared {
             events,
             events_enabled,
             upstream,
+            lanes,
             upstream_settings: RwLock::new(upstream_settings),
             allocator: Mutex::new(allocator),
             drain: shutdown.child_token(),

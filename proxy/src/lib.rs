@@ -7,7 +7,8 @@
 //!   Stratum over WebSocket through [`listener::run_session`]).
 //! - [`listener`]: the Stratum listener (TCP), admission, one session task per miner.
 //! - [`session`]: one miner connection (socket loop, methods, difficulty, shares, replies).
-//! - [`upstream`]: pool client with failover; [`upstream::work`] the jobs it publishes.
+//! - [`upstream`]: pool client with failover; [`upstream::work`] the jobs it publishes;
+//!   [`fanout`]: its jobs written to the plain-TCP miners' sockets without waking sessions.
 //! - [`context`]: what sessions share; [`registry`]: live connections and admission.
 //! - [`reload`]: a configuration reload as a pure plan (what applies now, what at restart).
 //! - [`stats`]: atomic counters read by the API; [`events`]: share/connection events.
@@ -39,6 +40,7 @@ pub mod api;
 pub mod clock;
 pub mod context;
 pub mod demo;
+pub mod fanout;
 pub use loka_store::events;
 pub mod lines;
 pub mod listener;

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["listener"],
     &["session"],
     &["context"],
+    &["fanout"],
     &["upstream", "stats"],
     &[
         "registry",

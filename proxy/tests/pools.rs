@@ -833,3 +833,89 @@ async fn a_new_job_opens_the_write_hold_and_the_session_that_sends_it_touches_it
     store.shutdown(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A job the fan-out writes to a miner (without waking its session) is judged like one the
+/// session sent: at the difficulty in force when it went out, also after the pool raises its
+/// difficulty. The session takes in what the fan-out wrote before it records the raise, so
+/// its ledger knows the job went out before it (a miner may mine the job at the old
+/// difficulty until its next notify). A job sent after the raise is judged at the new one.
+#[tokio::test]
+async fn a_job_the_fan_out_wrote_is_judged_at_the_difficulty_it_went_out_under() {
+    let pool = pool_with(|c| c.with_difficulty("0.00000001").unwrap()).await;
+    let mut cfg = config(&[pool.addr()], Mode::Aggregate);
+    cfg.vardiff.initial_difficulty = "0.0001".parse().unwrap();
+    let proxy = proxy(cfg).await;
+    let lanes = proxy
+        .shared
+        .lanes
+        .clone()
+        .expect("aggregate mode has lanes");
+    let mut c = StratumClient::connect(proxy.stratum_addr).await.unwrap();
+    c.set_timeout(WAIT);
+    let (en1, en2_size, _) = handshake(&mut c, "lane.rig").await;
+    // Jobs until one is written by the fan-out (the session may still be in the turn that
+    // sent the first job when the next comes; then it sends that one itself).
+    let deadline = Instant::now() + WAIT;
+    let job = loop {
+        assert!(Instant::now() < deadline, "the fan-out wrote no job");
+        let before = lanes.written();
+        pool.new_job(false);
+        let job = job_of(&c.wait_notification("mining.notify").await.unwrap());
+        // The fan-out counts a line once it is written, so just after the miner has it.
+        if wait_until(Duration::from_millis(500), || lanes.written() > before).await {
+            break job;
+        }
+    };
+    pool.set_difficulty("0.00001".parse().unwrap());
+    let d = c.wait_notification("mining.set_difficulty").await.unwrap();
+    assert_eq!(d.params, json!([0.00001]));
+    // A share of that job at the old difficulty, not the new.
+    let mut nonce = 0;
+    let easy = loop {
+        let s = find_share(&job, &en1, en2_size, "0.00001", false, nonce);
+        if find_share(&job, &en1, en2_size, "0.00000001", true, s.nonce).nonce == s.nonce {
+            break s;
+        }
+        nonce = s.nonce + 1;
+    };
+    let r = c
+        .request("mining.submit", submit_params("lane.rig", &easy))
+        .await
+        .unwrap();
+    assert!(r.is_true(), "{r:?}");
+    // The next job goes out after the raise: the same kind of share is too easy for it.
+    let before = lanes.written();
+    pool.new_job(false);
+    let next = job_of(&c.wait_notification("mining.notify").await.unwrap());
+    let mut nonce = 0;
+    let easy = loop {
+        let s = find_share(&next, &en1, en2_size, "0.00001", false, nonce);
+        if find_share(&next, &en1, en2_size, "0.00000001", true, s.nonce).nonce == s.nonce {
+            break s;
+        }
+        nonce = s.nonce + 1;
+    };
+    let r = c
+        .request("mining.submit", submit_params("lane.rig", &easy))
+        .await
+        .unwrap();
+    assert_eq!(r.error_code(), Some(23), "{r:?}");
+    assert!(
+        wait_until(WAIT, || lanes.written() > before).await,
+        "the job after the raise went out through the fan-out too"
+    );
+    drop(c);
+    proxy.drain(Duration::from_secs(2)).await;
+}
+
+/// Whether `cond` holds within `limit`, looking every millisecond.
+async fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}

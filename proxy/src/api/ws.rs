@@ -295,7 +295,7 @@ async fn bridge(st: Arc<ApiState>, peer: SocketAddr, socket: WebSocket, admissio
     let session = st.shared.tracker.spawn(async move {
         crate::listener::run_session(
             server_r,
-            server_w,
+            crate::session::Output::Stream(server_w),
             peer,
             shared,
             crate::stats::Transport::WebSocket,

@@ -168,6 +168,7 @@ impl Session {
         // After the reply: the pool's mask may differ from the one a configure before the
         // pool was known had to promise.
         self.tell_mask();
+        self.work_mask = Some(work.version_mask);
         self.subscribed = true;
         if self.ready() {
             self.schedule_first_work();

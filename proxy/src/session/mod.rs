@@ -17,6 +17,7 @@ use replies::{Unacked, VerdictFuture};
 
 use crate::context::Shared;
 use crate::events::{ConnectionEvent, Event};
+use crate::fanout::{Caught, Lane, LaneHandle, Synced};
 use crate::lines::{LineReader, ReadError};
 use crate::stats::WorkerStats;
 use crate::upstream::UpstreamHandle;
@@ -72,6 +73,49 @@ impl std::fmt::Display for Close {
     }
 }
 
+/// What ended a session's wait: its turn handles it.
+enum Wake {
+    Stop,
+    Line(Result<Option<bytes::Bytes>, ReadError>),
+    /// New work (`false`: the upstream is gone).
+    Work(bool),
+    /// The oldest reply waiting for its share to be stored: stored, or not in time.
+    Stored(bool),
+    Message(Result<Arc<str>, tokio::sync::broadcast::error::RecvError>),
+    Verdict(Box<replies::Settled>),
+    Timer,
+}
+
+/// Where a session's bytes go: its socket's write side shared with the fan-out (a plain-TCP
+/// miner of the aggregate upstream), or a stream of its own (TLS, WebSocket, passthrough).
+pub enum Output<W> {
+    Lane(LaneHandle),
+    Stream(W),
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> Output<W> {
+    fn lane(&self) -> Option<&Lane> {
+        match self {
+            Output::Lane(h) => Some(h.lane()),
+            Output::Stream(_) => None,
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Lane(h) => h.lane().write_all(buf).await,
+            Output::Stream(w) => w.write_all(buf).await,
+        }
+    }
+
+    /// Close the write side. A lane's closes when the fan-out lets go of it too (dropped).
+    async fn shutdown(self) {
+        if let Output::Stream(mut w) = self {
+            let _ = w.shutdown().await;
+        }
+    }
+}
+
 struct Authorized {
     name: Arc<str>,
     stats: Arc<WorkerStats>,
@@ -104,6 +148,8 @@ pub struct Session {
     version_mask: u32,
     requested_mask: Option<u32>,
     mask_told: Option<u32>,
+    /// The upstream's mask this session last followed (at subscribe, then with each work).
+    work_mask: Option<u32>,
     workers: Vec<Authorized>,
     vardiff: Option<Vardiff>,
     /// Aggregate without vardiff: the configured difficulty (raised by `minimum-difficulty`).
@@ -158,6 +204,7 @@ impl Session {
             version_mask: 0,
             requested_mask: None,
             mask_told: None,
+            work_mask: None,
             workers: Vec::new(),
             vardiff,
             fixed: start,
@@ -179,6 +226,54 @@ impl Session {
         self.subscribed && !self.workers.is_empty()
     }
 
+    /// What the fan-out wrote to this miner while the session waited: the newest job, and
+    /// the rest of a line the socket did not take whole (written first).
+    fn catch_up(&mut self, caught: Caught) {
+        if let Some(rest) = caught.leftover {
+            self.out.splice(0..0, rest.iter().copied());
+        }
+        if let Some(seq) = caught.delivered
+            && seq > self.last_job_seq
+        {
+            self.last_job_seq = seq;
+            let oldest = self.work_rx.as_ref().and_then(|rx| {
+                rx.borrow()
+                    .as_ref()
+                    .and_then(|w| w.jobs.first().map(|j| j.seq))
+            });
+            if let Some(oldest) = oldest {
+                self.ledger.forget_before(oldest);
+            }
+        }
+    }
+
+    /// What the fan-out may rely on until the next turn, if this miner's notify for a new job
+    /// of the same work would be the job's line alone: what `on_work` would do for it changes
+    /// nothing but the job (same generation, the mask and the pool's difficulty followed and
+    /// told, the difficulty in force told).
+    fn synced(&self) -> Option<Synced> {
+        if !self.ready() || self.last_job_seq == 0 {
+            return None;
+        }
+        let upstream_difficulty = self.pool_difficulty?;
+        let version_mask = self.work_mask?;
+        if self.difficulty_sent != Some(self.ledger.current()) {
+            return None;
+        }
+        if let Some(requested) = self.requested_mask
+            && (requested & self.shared.version_mask & version_mask != self.version_mask
+                || self.mask_told != Some(self.version_mask))
+        {
+            return None;
+        }
+        Some(Synced {
+            generation: self.generation,
+            version_mask,
+            upstream_difficulty,
+            seq: self.last_job_seq,
+        })
+    }
+
     /// Serve the connection until it closes. A plain function returning an `async move`
     /// block, not an `async fn`: an `async fn` keeps its arguments twice in its future (the
     /// session and both socket halves, 736 bytes per miner), a block captures them once.
@@ -189,7 +284,7 @@ impl Session {
     pub fn run<R, W>(
         mut self,
         r: R,
-        mut w: W,
+        mut out: Output<W>,
         stop: tokio_util::sync::CancellationToken,
     ) -> impl Future<Output = ()>
     where
@@ -233,19 +328,59 @@ impl Session {
                 if ticking {
                     wake = wake.min(tick_at);
                 }
-                tokio::select! {
+                let turn = tokio::select! {
                     biased;
-                    () = &mut stopped => {
+                    () = &mut stopped => Wake::Stop,
+                    line = reader.next_line() => Wake::Line(line),
+                    changed = async {
+                        let rx = self.work_rx.as_mut().expect("guarded");
+                        match out.lane() {
+                            // The fan-out wakes this session only for work it did not write
+                            // (or the rest of a line it began); a wake for work already seen
+                            // (before subscribe) is passed over.
+                            Some(lane) => loop {
+                                lane.woken().await;
+                                match rx.has_changed() {
+                                    Ok(false) if !lane.has_leftover() => {}
+                                    Ok(_) => break Ok(()),
+                                    Err(e) => break Err(e),
+                                }
+                            },
+                            None => rx.changed().await,
+                        }
+                    }, if self.work_rx.is_some() && self.ready() => Wake::Work(changed.is_ok()),
+                    stored = async {
+                        let u: &mut Unacked = unacked.front_mut().expect("guarded");
+                        // Boxed: the timer lives on the heap only while replies wait, instead of
+                        // in every session's future.
+                        Box::pin(tokio::time::timeout_at(u.deadline.into(), &mut u.stored)).await
+                    }, if !unacked.is_empty() => Wake::Stored(matches!(stored, Ok(Ok(())))),
+                    text = async { self.messages.as_mut().expect("guarded").recv().await }, if self.messages.is_some() => Wake::Message(text),
+                    Some(settled) = verdicts.next(), if !verdicts.is_empty() => Wake::Verdict(settled),
+                    _ = tokio::time::sleep_until(wake.into()) => Wake::Timer,
+                };
+                // The turn: from here until its bytes are written only this task writes to the
+                // socket, and what the fan-out wrote meanwhile is taken in before anything is
+                // judged.
+                if let Some(lane) = out.lane() {
+                    self.catch_up(lane.begin());
+                }
+                match turn {
+                    Wake::Stop => {
                         if self.shared.drain.is_cancelled() {
                             if self.subscribed {
-                                self.out.extend(method_line("null", "client.reconnect", &json!([])));
+                                self.out.extend(method_line(
+                                    "null",
+                                    "client.reconnect",
+                                    &json!([]),
+                                ));
                             }
                             self.close = Some(Close::Drain);
                         } else {
                             self.close = Some(Close::AdminDisconnect);
                         }
                     }
-                    line = reader.next_line() => {
+                    Wake::Line(line) => {
                         last_rx = Instant::now();
                         match line {
                             Ok(Some(line)) => {
@@ -267,22 +402,17 @@ impl Session {
                             Err(e) => self.read_error(e),
                         }
                     }
-                    changed = async { self.work_rx.as_mut().expect("guarded").changed().await }, if self.work_rx.is_some() && self.ready() => {
-                        if changed.is_err() {
+                    Wake::Work(open) => {
+                        if !open {
                             self.close = Some(Close::NoUpstream);
                         } else if let Some(rx) = self.work_rx.as_mut() {
                             let work = rx.borrow_and_update().clone();
                             self.on_work(work.as_deref());
                         }
                     }
-                    stored = async {
-                        let u: &mut Unacked = unacked.front_mut().expect("guarded");
-                        // Boxed: the timer lives on the heap only while replies wait, instead of
-                        // in every session's future.
-                        Box::pin(tokio::time::timeout_at(u.deadline.into(), &mut u.stored)).await
-                    }, if !unacked.is_empty() => {
+                    Wake::Stored(ok) => {
                         let u = unacked.pop_front().expect("guarded");
-                        self.acknowledged(u, matches!(stored, Ok(Ok(()))));
+                        self.acknowledged(u, ok);
                         // Those behind it are usually in the same commit.
                         while let Some(u) = unacked.front_mut() {
                             let ok = match u.stored.try_recv() {
@@ -294,27 +424,33 @@ impl Session {
                             self.acknowledged(u, ok);
                         }
                     }
-                    text = async { self.messages.as_mut().expect("guarded").recv().await }, if self.messages.is_some() => {
-                        match text {
-                            Ok(text) if self.subscribed => self.out.extend(method_line(
-                                "null",
-                                "client.show_message",
-                                &json!([&*text]),
-                            )),
-                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => self.messages = None,
+                    Wake::Message(text) => match text {
+                        Ok(text) if self.subscribed => self.out.extend(method_line(
+                            "null",
+                            "client.show_message",
+                            &json!([&*text]),
+                        )),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            self.messages = None
                         }
-                    }
-                    Some(settled) = verdicts.next(), if !verdicts.is_empty() => {
-                        self.on_verdict(settled).await;
-                    }
-                    _ = tokio::time::sleep_until(wake.into()) => {
+                    },
+                    Wake::Verdict(settled) => self.on_verdict(settled).await,
+                    Wake::Timer => {
                         let now = Instant::now();
                         if now >= deadline {
-                            self.close = Some(if self.ready() { Close::IdleTimeout } else { Close::HandshakeTimeout });
-                        } else if let Some(t) = self.first_work_at && now >= t {
+                            self.close = Some(if self.ready() {
+                                Close::IdleTimeout
+                            } else {
+                                Close::HandshakeTimeout
+                            });
+                        } else if let Some(t) = self.first_work_at
+                            && now >= t
+                        {
                             self.first_work_at = None;
-                            if self.last_job_seq == 0 && let Some(rx) = self.work_rx.as_mut() {
+                            if self.last_job_seq == 0
+                                && let Some(rx) = self.work_rx.as_mut()
+                            {
                                 let work = rx.borrow_and_update().clone();
                                 self.send_work(work.as_deref(), true);
                             }
@@ -329,7 +465,7 @@ impl Session {
                     }
                 }
                 if !self.out.is_empty() {
-                    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&self.out)).await {
+                    match tokio::time::timeout(WRITE_TIMEOUT, out.write_all(&self.out)).await {
                         Ok(Ok(())) => {
                             if let Some(t) = self.notify_received_at.take() {
                                 self.shared
@@ -346,6 +482,13 @@ impl Session {
                     // with every idle miner (10 MB at 10,000 miners); the next line allocates.
                     self.out = Vec::new();
                 }
+                // Between turns the fan-out may write the next job itself, if that is all this
+                // miner would be sent.
+                if self.close.is_none()
+                    && let Some(lane) = out.lane()
+                {
+                    lane.end(self.synced());
+                }
             }
             // Boxed: what runs once, at the close, takes no room in every session's future.
             verdicts.extend(self.awaiting.drain(..));
@@ -356,10 +499,10 @@ impl Session {
             // settled on the way out go to it.
             let open = !matches!(self.close, Some(Close::PeerClosed | Close::Io(_)));
             if open && !self.out.is_empty() {
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&self.out)).await;
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, out.write_all(&self.out)).await;
             }
             self.out.clear();
-            let _ = w.shutdown().await;
+            out.shutdown().await;
             self.finish();
         }
     }

@@ -42,6 +42,7 @@ impl Session {
         // grant another one after a failover.
         self.negotiate_mask(work.version_mask);
         self.tell_mask();
+        self.work_mask = Some(work.version_mask);
         self.follow_pool_difficulty(work.upstream_difficulty);
         self.send_work(Some(work), false);
     }
