@@ -62,7 +62,6 @@ struct LaneState {
 }
 
 /// One miner's socket, shared by its session and the fan-out.
-#[derive(Debug)]
 pub struct Lane {
     /// Where it is listed: its shard of `lanes` and its key there.
     lanes: Arc<Lanes>,
@@ -72,6 +71,17 @@ pub struct Lane {
     state: Mutex<LaneState>,
     /// Wakes the session for work the fan-out did not write itself.
     wake: Notify,
+}
+
+impl std::fmt::Debug for Lane {
+    // Not `lanes`: it lists this lane.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("shard", &self.shard)
+            .field("key", &self.key)
+            .field("state", &self.state.try_lock().as_deref())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the session takes at the start of a turn: the newest job the fan-out wrote for it,
@@ -517,6 +527,8 @@ mod tests {
         let (b, _mb) = lane(&lanes).await;
         let listed = |lanes: &Lanes| lanes.shards.iter().map(|s| s.lock().len()).sum::<usize>();
         assert_eq!(listed(&lanes), 2);
+        // Printed without the list it is in (which lists it).
+        assert!(format!("{lanes:#?}").contains("shard: 1"), "{lanes:#?}");
         drop(a);
         assert_eq!(listed(&lanes), 1);
         drop(b);

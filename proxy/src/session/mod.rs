@@ -4,9 +4,11 @@
 //! ([`dispatch`]), which appends replies and notifications to an output buffer; the loop
 //! writes that buffer once per burst. Work arrives from the upstream task as
 //! `watch<Option<Arc<Work>>>` ([`work`]: jobs, difficulty, version mask); notify lines are
-//! shared bytes, serialised once for all miners. A submit is judged in [`submit`]; its one
-//! reply and one record are settled in [`replies`] (at once, after the pool's verdict in
-//! passthrough, or once stored under durable acknowledgement).
+//! shared bytes, serialised once for all miners. A plain-TCP miner of the aggregate upstream
+//! mostly gets them from [`crate::fanout`] without its session waking; the session is woken
+//! for the rest and takes in what the fan-out wrote at the start of each turn. A submit is
+//! judged in [`submit`]; its one reply and one record are settled in [`replies`] (at once,
+//! after the pool's verdict in passthrough, or once stored under durable acknowledgement).
 
 mod dispatch;
 mod replies;

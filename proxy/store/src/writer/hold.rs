@@ -5,8 +5,7 @@
 //! every miner works on the old one until its line arrives. A batch written in that window
 //! takes the cores from the sessions writing those lines (at 10,000 shares/s SQLite is about
 //! half of the proxy's CPU), so it lengthens the fan-out's tail. The proxy opens the hold
-//! when its upstream publishes a job and each session touches it when it has written the
-//! job. A batch already running in SQLite waits too, between steps of its statement
+//! when its upstream publishes a job and touches it as the job is written to the miners. A batch already running in SQLite waits too, between steps of its statement
 //! (`sink/sqlite.rs`). The hold ends when the sessions have gone quiet (no touch for
 //! [`QUIET`]) or [`CAP`] after it opened, whichever comes first. Shares keep arriving
 //! meanwhile and wait in the writer's pending batch (at 10,000 shares/s, ~4,000 of them for
@@ -89,7 +88,7 @@ impl WriteHold {
         }
     }
 
-    /// A session has written the job to its miner.
+    /// The job has been written to a miner (or a run of them).
     pub fn touch(&self) {
         if self.0.opened.load(Relaxed) != 0 {
             self.0.touched.store(self.stamp(Instant::now()), Relaxed);
