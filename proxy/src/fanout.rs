@@ -356,8 +356,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::work::ExtranonceLayout;
-    use loka_stratum::Job;
+    use crate::upstream::work::{ExtranonceLayout, sample_job};
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
@@ -365,19 +364,15 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(5);
 
     fn job(layout: &ExtranonceLayout, n: u8) -> Arc<LocalJob> {
-        let upstream = Job::new(
-            format!("up{n}"),
-            &"11".repeat(32),
-            vec![1; 40],
-            vec![2; 30],
-            vec![[3; 32]],
-            0x2000_0000,
-            0x1d00ffff,
-            100 + u32::from(n),
-            false,
-        )
-        .unwrap();
+        let upstream = sample_job(&format!("up{n}"), 100 + u32::from(n), false);
         Arc::new(LocalJob::new(&upstream, layout, 1, Difficulty::ONE, false))
+    }
+
+    /// A folding layout and its first two jobs.
+    fn two_jobs() -> (ExtranonceLayout, Arc<LocalJob>, Arc<LocalJob>) {
+        let layout = ExtranonceLayout::new(true, vec![1, 2, 3, 4], 8, 2, 2, 8).unwrap();
+        let (j1, j2) = (job(&layout, 1), job(&layout, 2));
+        (layout, j1, j2)
     }
 
     fn work(layout: &ExtranonceLayout, jobs: &[&Arc<LocalJob>]) -> Work {
@@ -420,8 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_synced_lane_gets_the_jobs_line_and_its_session_takes_the_job_in() {
-        let layout = ExtranonceLayout::new(true, vec![1, 2, 3, 4], 8, 2, 2, 8).unwrap();
-        let (j1, j2) = (job(&layout, 1), job(&layout, 2));
+        let (layout, j1, j2) = two_jobs();
         let lanes = Lanes::new(1);
         let (h, mut miner) = lane(&lanes).await;
         h.lane().end(Some(synced(j1.seq)));
@@ -446,8 +440,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_miner_whose_last_job_is_gone_gets_the_clean_line() {
-        let layout = ExtranonceLayout::new(true, vec![1, 2, 3, 4], 8, 2, 2, 8).unwrap();
-        let (j1, j2) = (job(&layout, 1), job(&layout, 2));
+        let (layout, j1, j2) = two_jobs();
         let lanes = Lanes::new(1);
         let (h, mut miner) = lane(&lanes).await;
         h.lane().end(Some(synced(j1.seq)));
@@ -461,8 +454,7 @@ mod tests {
     /// difficulty), and a session that has told the fan-out nothing, is the session's.
     #[tokio::test]
     async fn other_work_wakes_the_session_and_writes_nothing() {
-        let layout = ExtranonceLayout::new(true, vec![1, 2, 3, 4], 8, 2, 2, 8).unwrap();
-        let (j1, j2) = (job(&layout, 1), job(&layout, 2));
+        let (layout, j1, j2) = two_jobs();
         let lanes = Lanes::new(2);
         let (h, miner) = lane(&lanes).await;
         let base = work(&layout, &[&j1, &j2]);
@@ -503,8 +495,7 @@ mod tests {
     /// which waits on it with its write timeout.
     #[tokio::test]
     async fn a_full_socket_is_left_to_the_session() {
-        let layout = ExtranonceLayout::new(true, vec![1, 2, 3, 4], 8, 2, 2, 8).unwrap();
-        let (j1, j2) = (job(&layout, 1), job(&layout, 2));
+        let (layout, j1, j2) = two_jobs();
         let lanes = Lanes::new(1);
         let (h, _miner) = lane(&lanes).await;
         let filler = vec![b' '; 64 * 1024];
@@ -539,8 +530,7 @@ mod tests {
     /// others' sessions are woken.
     #[tokio::test]
     async fn the_task_writes_each_new_job_to_its_shard() {
-        let layout = ExtranonceLayout::new(true, vec![1, 2, 3, 4], 8, 2, 2, 8).unwrap();
-        let (j1, j2) = (job(&layout, 1), job(&layout, 2));
+        let (layout, j1, j2) = two_jobs();
         let lanes = Lanes::new(1);
         let (tx, rx) = watch::channel(Some(Arc::new(work(&layout, &[&j1]))));
         let stats = Arc::new(Stats::default());

@@ -870,14 +870,7 @@ async fn a_job_the_fan_out_wrote_is_judged_at_the_difficulty_it_went_out_under()
     let d = c.wait_notification("mining.set_difficulty").await.unwrap();
     assert_eq!(d.params, json!([0.00001]));
     // A share of that job at the old difficulty, not the new.
-    let mut nonce = 0;
-    let easy = loop {
-        let s = find_share(&job, &en1, en2_size, "0.00001", false, nonce);
-        if find_share(&job, &en1, en2_size, "0.00000001", true, s.nonce).nonce == s.nonce {
-            break s;
-        }
-        nonce = s.nonce + 1;
-    };
+    let easy = share_between(&job, &en1, en2_size, "0.00000001", "0.00001");
     let r = c
         .request("mining.submit", submit_params("lane.rig", &easy))
         .await
@@ -887,14 +880,7 @@ async fn a_job_the_fan_out_wrote_is_judged_at_the_difficulty_it_went_out_under()
     let before = lanes.written();
     pool.new_job(false);
     let next = job_of(&c.wait_notification("mining.notify").await.unwrap());
-    let mut nonce = 0;
-    let easy = loop {
-        let s = find_share(&next, &en1, en2_size, "0.00001", false, nonce);
-        if find_share(&next, &en1, en2_size, "0.00000001", true, s.nonce).nonce == s.nonce {
-            break s;
-        }
-        nonce = s.nonce + 1;
-    };
+    let easy = share_between(&next, &en1, en2_size, "0.00000001", "0.00001");
     let r = c
         .request("mining.submit", submit_params("lane.rig", &easy))
         .await
@@ -906,6 +892,24 @@ async fn a_job_the_fan_out_wrote_is_judged_at_the_difficulty_it_went_out_under()
     );
     drop(c);
     proxy.drain(Duration::from_secs(2)).await;
+}
+
+/// A share of `job` that meets difficulty `easy` and not `hard`.
+fn share_between(
+    job: &loka_stratum::Job,
+    en1: &[u8],
+    en2_size: usize,
+    easy: &str,
+    hard: &str,
+) -> loka_stratum::message::Submit {
+    let mut nonce = 0;
+    loop {
+        let s = find_share(job, en1, en2_size, hard, false, nonce);
+        if find_share(job, en1, en2_size, easy, true, s.nonce).nonce == s.nonce {
+            return s;
+        }
+        nonce = s.nonce + 1;
+    }
 }
 
 /// Whether `cond` holds within `limit`, looking every millisecond.

@@ -201,6 +201,24 @@ impl LocalJob {
     }
 }
 
+/// A pool job for tests: fixed coinbase parts, one merkle branch, the given id, ntime and
+/// clean flag.
+#[cfg(test)]
+pub(crate) fn sample_job(id: &str, ntime: u32, clean: bool) -> Job {
+    Job::new(
+        id.into(),
+        &"11".repeat(32),
+        vec![1; 40],
+        vec![2; 30],
+        vec![[3; 32]],
+        0x2000_0000,
+        0x1d00ffff,
+        ntime,
+        clean,
+    )
+    .expect("a valid job")
+}
+
 /// Everything miners need from one upstream session at one moment.
 #[derive(Debug)]
 pub struct Work {
@@ -289,18 +307,7 @@ mod tests {
     fn folded_job_hashes_like_the_upstream_job() {
         // The header a miner builds from the folded job equals the one the pool builds from
         // its own job with the proxy's upstream extranonce2.
-        let upstream = Job::new(
-            "j".into(),
-            &"11".repeat(32),
-            vec![1; 40],
-            vec![2; 30],
-            vec![[3; 32]],
-            0x2000_0000,
-            0x1d00ffff,
-            100,
-            true,
-        )
-        .unwrap();
+        let upstream = sample_job("j", 100, true);
         let layout = ExtranonceLayout::new(true, vec![0xaa, 0xbb, 0xcc, 0xdd], 8, 2, 2, 4).unwrap();
         assert_eq!(layout.padding, 2);
         let local = LocalJob::new(&upstream, &layout, 1, Difficulty::ONE, true);
