@@ -9,8 +9,8 @@
 //! Each miner's socket is a [`Lane`]: its write side, shared by the session and the fan-out,
 //! and a small state under a lock that says which of the two may write:
 //!
-//! - While a session runs a turn it is *busy* ([`Lane::begin`] to [`Lane::end`]); the
-//!   fan-out only wakes it, and the session reads the new work itself.
+//! - While a session runs a turn ([`Lane::begin`] to [`Lane::end`]) the lane has no
+//!   [`Synced`]; the fan-out only wakes it, and the session reads the new work itself.
 //! - Between turns the session leaves what the fan-out needs to know ([`Synced`]): the work
 //!   it follows and the last job it sent. If the new work matches, the fan-out writes the
 //!   job's line (its clean variant when the miner's last job is gone) and records the job as
@@ -52,8 +52,8 @@ pub struct Synced {
 
 #[derive(Debug, Default)]
 struct LaneState {
-    /// The session is in a turn: it writes, the fan-out only wakes it.
-    busy: bool,
+    /// What the session left at the end of its last turn. `None` while it is in a turn or
+    /// has the rest of a line to write: then the fan-out only wakes it.
     synced: Option<Synced>,
     /// The newest job the fan-out wrote since the session last looked.
     delivered: Option<u64>,
@@ -118,7 +118,6 @@ impl Lane {
     /// The session starts a turn: from now until [`Lane::end`] only it writes.
     pub fn begin(&self) -> Caught {
         let mut st = self.state.lock();
-        st.busy = true;
         st.synced = None;
         Caught {
             delivered: st.delivered.take(),
@@ -128,9 +127,7 @@ impl Lane {
 
     /// The session ends a turn, with what the fan-out may rely on until the next.
     pub fn end(&self, synced: Option<Synced>) {
-        let mut st = self.state.lock();
-        st.busy = false;
-        st.synced = synced;
+        self.state.lock().synced = synced;
     }
 
     /// The fan-out began a line the socket did not take whole.
@@ -162,19 +159,13 @@ impl Lane {
         let mut st = self.state.lock();
         let synced = match st.synced {
             Some(s)
-                if !st.busy
-                    && st.leftover.is_none()
-                    && s.generation == work.generation
+                if s.generation == work.generation
                     && s.version_mask == work.version_mask
                     && s.upstream_difficulty == work.upstream_difficulty =>
             {
                 s
             }
-            _ => {
-                drop(st);
-                self.wake.notify_one();
-                return Offer::Woken;
-            }
+            _ => return self.wake_session(st),
         };
         if synced.seq >= job.seq {
             return Offer::Had;
@@ -200,18 +191,21 @@ impl Lane {
                 st.synced = None;
                 st.delivered = Some(job.seq);
                 st.leftover = Some(line.slice(n..));
-                drop(st);
-                self.wake.notify_one();
-                Offer::Woken
+                self.wake_session(st)
             }
             Err(_) => {
                 // The socket is full or gone: the session sends it, or finds out why.
                 st.synced = None;
-                drop(st);
-                self.wake.notify_one();
-                Offer::Woken
+                self.wake_session(st)
             }
         }
+    }
+
+    /// Leave the work to the session (its lock released first).
+    fn wake_session(&self, st: parking_lot::MutexGuard<'_, LaneState>) -> Offer {
+        drop(st);
+        self.wake.notify_one();
+        Offer::Woken
     }
 }
 
@@ -428,7 +422,7 @@ mod tests {
         let caught = h.lane().begin();
         assert_eq!(caught.delivered, Some(j2.seq));
         assert!(caught.leftover.is_none());
-        // Busy now: a new job wakes the session instead.
+        // In a turn now: a new job wakes the session instead.
         let j3 = job(&layout, 3);
         let w = work(&layout, &[&j1, &j2, &j3]);
         assert_eq!(h.lane().offer(&w, &j3), Offer::Woken);
